@@ -1,0 +1,187 @@
+#include "daemon/agent.hpp"
+
+#include <poll.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+
+#include "nfq/link.hpp"
+#include "pptp/inet.hpp"
+
+namespace agent {
+namespace {
+
+std::string describe_call(const nat::Call& call) {
+    std::ostringstream s;
+    s << "PPTP call " << call.id << " inside " << pptp::format_ipv4(call.inside_address) << " call-id "
+      << call.inside_call_id << " public " << pptp::format_ipv4(call.public_address) << " call-id "
+      << call.public_call_id << " outside " << pptp::format_ipv4(call.outside_address) << " call-id "
+      << call.outside_call_id;
+    return s.str();
+}
+
+std::string format_duration(std::chrono::steady_clock::duration d) {
+    const auto total = std::chrono::duration_cast<std::chrono::seconds>(d).count();
+    std::array<char, 32> text{};
+    std::snprintf(text.data(), text.size(), "%lld:%02lld:%02lld", static_cast<long long>(total / 3600),
+                  static_cast<long long>((total / 60) % 60), static_cast<long long>(total % 60));
+    return text.data();
+}
+
+}  // namespace
+
+void EventLog::call_built(const nat::Call& call) {
+    logging::write(logging::Level::Info, "302017", "Built " + describe_call(call));
+}
+
+void EventLog::call_torn_down(const nat::Call& call, nat::TeardownReason reason) {
+    std::ostringstream s;
+    s << "Teardown " << describe_call(call) << " duration "
+      << format_duration(std::chrono::steady_clock::now() - call.created) << " packets in " << call.packets_in
+      << " out " << call.packets_out << " bytes in " << call.bytes_in << " out " << call.bytes_out << " reason "
+      << nat::teardown_reason_name(reason);
+    logging::write(logging::Level::Info, "302018", s.str());
+}
+
+void EventLog::packet_dropped(nat::DropReason reason, std::uint32_t source, std::uint32_t destination) {
+    std::uint64_t suppressed = 0;
+    if (!drop_limiter_.allow(static_cast<std::uint64_t>(reason), std::chrono::steady_clock::now(), suppressed)) {
+        return;
+    }
+    std::ostringstream s;
+    s << "Dropped packet from " << pptp::format_ipv4(source) << " to " << pptp::format_ipv4(destination)
+      << ": " << nat::drop_reason_name(reason);
+    if (suppressed > 0) {
+        s << " (" << suppressed << " more of this kind since the last report)";
+    }
+    logging::write(logging::Level::Warning, "400001", s.str());
+}
+
+Agent::Agent(const daemon_options::Options& options) : options_(options) {
+    logging::set_level(options_.log_level);
+    outside_ifindex_ = nfq::interface_index(options_.outside_interface);
+    nat::TableConfig table_config = options_.table;
+    if (options_.public_address) {
+        table_config.public_address = *options_.public_address;
+    } else {
+        const auto address = nfq::primary_ipv4_address(outside_ifindex_);
+        if (!address) {
+            throw std::runtime_error("interface " + options_.outside_interface +
+                                     " has no IPv4 address; give --public-address");
+        }
+        table_config.public_address = *address;
+    }
+    table_ = std::make_unique<nat::CallTable>(table_config, clock_, counters_, &events_);
+    handler_ = std::make_unique<nat::PacketHandler>(*table_, counters_, &events_);
+    for (std::uint16_t port : options_.fixup_ports) {
+        handler_->enable_port(port);
+    }
+
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1}) {
+        sigaddset(&mask, sig);
+    }
+    sigprocmask(SIG_BLOCK, &mask, nullptr);
+    signal_fd_ = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (signal_fd_ < 0 || timer_fd_ < 0) {
+        throw std::runtime_error(std::string("cannot create signal/timer descriptors: ") + std::strerror(errno));
+    }
+    itimerspec tick{};
+    tick.it_interval.tv_sec = 1;
+    tick.it_value.tv_sec = 1;
+    timerfd_settime(timer_fd_, 0, &tick, nullptr);
+
+    nfq::QueueConfig queue_config;
+    queue_config.queue_number = options_.queue;
+    queue_config.max_length = options_.queue_max_length;
+    queue_config.max_burst = options_.burst;
+    queue_ = std::make_unique<nfq::Queue>(queue_config);
+
+    std::ostringstream ports;
+    for (std::size_t i = 0; i < options_.fixup_ports.size(); ++i) {
+        ports << (i == 0 ? "" : ",") << options_.fixup_ports[i];
+    }
+    logging::write(logging::Level::Notice, "",
+                   "pptp-fixupd " PPTP_FIXUP_VERSION " started: queue " + std::to_string(options_.queue) +
+                       ", outside " + options_.outside_interface + " (public address " +
+                       pptp::format_ipv4(table_config.public_address) + "), fixup ports " + ports.str());
+}
+
+Agent::~Agent() {
+    if (signal_fd_ >= 0) {
+        close(signal_fd_);
+    }
+    if (timer_fd_ >= 0) {
+        close(timer_fd_);
+    }
+}
+
+nfq::SinkVerdict Agent::on_packet(const nfq::PacketMeta& meta, std::span<std::uint8_t> packet) {
+    nat::Direction direction = nat::Direction::Transit;
+    if (meta.in_interface == outside_ifindex_) {
+        direction = nat::Direction::Inbound;
+    } else if (meta.out_interface == outside_ifindex_) {
+        direction = nat::Direction::Outbound;
+    }
+    const nat::Verdict v = handler_->handle(direction, packet);
+    return nfq::SinkVerdict{v.accept, v.modified};
+}
+
+void Agent::log_table() const {
+    logging::write(logging::Level::Notice, "", std::to_string(table_->connection_count()) +
+                                                   " control connections, " +
+                                                   std::to_string(table_->call_count()) + " calls");
+    table_->for_each_call([](const nat::Call& call) {
+        std::ostringstream s;
+        s << "Live " << describe_call(call) << " state " << nat::state_name(call.state) << " packets in "
+          << call.packets_in << " out " << call.packets_out;
+        logging::write(logging::Level::Notice, "", s.str());
+    });
+}
+
+int Agent::run() {
+    std::array<pollfd, 3> fds{{{queue_->fd(), POLLIN, 0}, {signal_fd_, POLLIN, 0}, {timer_fd_, POLLIN, 0}}};
+    bool running = true;
+    while (running) {
+        if (poll(fds.data(), fds.size(), -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            logging::write(logging::Level::Error, "", std::string("poll failed: ") + std::strerror(errno));
+            return 1;
+        }
+        if ((fds[0].revents & POLLIN) != 0) {
+            queue_->process_ready(*this);
+        }
+        if ((fds[2].revents & POLLIN) != 0) {
+            std::uint64_t expirations = 0;
+            [[maybe_unused]] auto n = read(timer_fd_, &expirations, sizeof(expirations));
+            table_->expire();
+        }
+        if ((fds[1].revents & POLLIN) != 0) {
+            signalfd_siginfo info{};
+            while (read(signal_fd_, &info, sizeof(info)) == static_cast<ssize_t>(sizeof(info))) {
+                if (info.ssi_signo == SIGINT || info.ssi_signo == SIGTERM) {
+                    running = false;
+                } else if (info.ssi_signo == SIGUSR1) {
+                    log_table();
+                }
+            }
+        }
+    }
+    logging::write(logging::Level::Notice, "", "shutting down");
+    table_->clear_all(nat::TeardownReason::Shutdown);
+    queue_.reset();
+    return 0;
+}
+
+}  // namespace agent

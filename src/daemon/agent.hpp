@@ -1,0 +1,58 @@
+// pptp-fixupd wired together: options -> interface facts -> call table ->
+// packet handler -> NFQUEUE, in one poll loop with signals and timers.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "common/log.hpp"
+#include "daemon/options.hpp"
+#include "nat/call_table.hpp"
+#include "nat/clock.hpp"
+#include "nat/counters.hpp"
+#include "nat/packet_handler.hpp"
+#include "nfq/queue.hpp"
+
+namespace agent {
+
+// Logs what the table and the handler report: call build/teardown with
+// stable IDs, drops rate-limited per reason.
+class EventLog final : public nat::TableObserver, public nat::DropObserver {
+public:
+    void call_built(const nat::Call& call) override;
+    void call_torn_down(const nat::Call& call, nat::TeardownReason reason) override;
+    void packet_dropped(nat::DropReason reason, std::uint32_t source, std::uint32_t destination) override;
+
+private:
+    logging::RateLimiter drop_limiter_{std::chrono::seconds(10), 1};
+};
+
+class Agent final : public nfq::PacketSink {
+public:
+    // Throws std::runtime_error (one line) when the agent cannot start.
+    explicit Agent(const daemon_options::Options& options);
+    ~Agent() override;
+    Agent(const Agent&) = delete;
+    Agent& operator=(const Agent&) = delete;
+
+    // Runs until SIGINT or SIGTERM. Returns the process exit code.
+    int run();
+
+    nfq::SinkVerdict on_packet(const nfq::PacketMeta& meta, std::span<std::uint8_t> packet) override;
+
+private:
+    void log_table() const;
+
+    daemon_options::Options options_;
+    std::uint32_t outside_ifindex_ = 0;
+    nat::SteadyClock clock_;
+    nat::Counters counters_;
+    EventLog events_;
+    std::unique_ptr<nat::CallTable> table_;
+    std::unique_ptr<nat::PacketHandler> handler_;
+    std::unique_ptr<nfq::Queue> queue_;
+    int signal_fd_ = -1;
+    int timer_fd_ = -1;
+};
+
+}  // namespace agent

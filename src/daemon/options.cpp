@@ -1,0 +1,210 @@
+#include "daemon/options.hpp"
+
+#include <boost/program_options.hpp>
+#include <fstream>
+#include <sstream>
+
+#include "pptp/inet.hpp"
+
+namespace po = boost::program_options;
+
+namespace daemon_options {
+namespace {
+
+constexpr const char* kSynopsis = R"(pptp-fixupd - stateful PPTP fixup for NAT/PAT gateways, on an NFQUEUE
+
+SYNOPSIS
+  pptp-fixupd --queue N --outside IF [--public-address A] [--fixup-port P]...
+              [--control-socket PATH] [--config FILE] [options]
+
+DESCRIPTION
+  Lets any number of PPTP clients (PNS) behind one masqueraded address reach
+  PPTP servers (PAC) outside, like Cisco PIX "fixup protocol pptp 1723". The
+  kernel's conntrack NAT keeps translating the TCP control connection; this
+  agent follows every PPTP control message on the fixup ports, gives each
+  inside Call ID a public Call ID unique per (public address, outside peer),
+  rewrites Call ID fields both ways, and translates enhanced GRE itself:
+  outbound source address -> public address, inbound destination address and
+  Call ID -> the inside peer's. GRE matching no live call is dropped.
+  No kernel PPTP helper is needed. Packets reach the agent through the rules
+  that pptp-fixup-rules(8) installs; the agent runs in the foreground and logs
+  to stderr.
+
+OPTIONS)";
+
+constexpr const char* kEpilog = R"(
+CONFIG FILE
+  --config FILE reads "key = value" lines with the long option names, e.g.
+      queue = 0
+      outside = eth1
+      fixup-port = 1723
+      call-timeout = 600
+  Options on the command line override the file.
+
+FAILURE MODE
+  The queue is fail-closed: if the agent is not running or its queue is full,
+  the kernel drops queued packets (PPTP stalls) instead of forwarding GRE with
+  inside addresses or unrewritten Call IDs. Other traffic is not queued.
+
+EXIT STATUS
+  0 on a clean shutdown (SIGINT/SIGTERM), 1 on a start-up error (bad option,
+  missing interface, queue already bound), with one line on stderr saying why.
+
+SIGNALS
+  SIGTERM, SIGINT  clean shutdown: live calls are logged as torn down.
+  SIGUSR1          log every live call and control connection.
+
+SEE ALSO
+  pptp-fixup-rules(8), RFC 2637.
+)";
+
+std::uint16_t parse_port(const std::string& text, const char* what) {
+    try {
+        std::size_t used = 0;
+        const unsigned long value = std::stoul(text, &used);
+        if (used == text.size() && value >= 1 && value <= 65535) {
+            return static_cast<std::uint16_t>(value);
+        }
+    } catch (const std::exception&) {
+    }
+    throw UsageError(std::string("invalid ") + what + " '" + text + "': expected 1-65535");
+}
+
+void parse_call_id_range(const std::string& text, nat::TableConfig& table) {
+    const auto dash = text.find('-');
+    if (dash == std::string::npos) {
+        throw UsageError("invalid call-id-range '" + text + "': expected MIN-MAX, e.g. 1-65535");
+    }
+    const std::uint16_t lo = parse_port(text.substr(0, dash), "call-id-range minimum");
+    const std::uint16_t hi = parse_port(text.substr(dash + 1), "call-id-range maximum");
+    if (lo > hi) {
+        throw UsageError("invalid call-id-range '" + text + "': minimum above maximum");
+    }
+    table.call_id_min = lo;
+    table.call_id_max = hi;
+}
+
+}  // namespace
+
+ParseResult parse(int argc, const char* const* argv) {
+    Options opt;
+    unsigned int queue = 0;
+    std::string public_address;
+    std::vector<std::string> ports;
+    std::string call_id_range = "1-65535";
+    std::string log_level = "info";
+    unsigned int call_timeout = 600;
+    unsigned int setup_timeout = 120;
+    unsigned int control_timeout = 3600;
+    std::size_t max_calls = opt.table.max_calls;
+    std::size_t max_calls_per_connection = opt.table.max_calls_per_connection;
+    std::size_t max_connections = opt.table.max_connections;
+
+    po::options_description general("General");
+    general.add_options()
+        ("help,h", "print this help and exit")
+        ("version", "print the version and exit")
+        ("queue,q", po::value<unsigned int>(&queue), "NFQUEUE number the fixup rules send packets to (0-65535); required")
+        ("outside,o", po::value<std::string>(&opt.outside_interface), "outside (public) interface, as for MASQUERADE; required")
+        ("public-address,a", po::value<std::string>(&public_address),
+         "public IPv4 address that inside peers share; default: the primary IPv4 address of --outside, read through rtnetlink")
+        ("fixup-port,p", po::value<std::vector<std::string>>(&ports)->composing(),
+         "TCP port of PPTP control connections to inspect; repeat for several (default 1723)")
+        ("control-socket,s", po::value<std::string>(&opt.control_socket)->default_value(kDefaultControlSocket),
+         "Unix socket of the control API (mode 0600)")
+        ("config,c", po::value<std::string>(&opt.config_file), "read options from FILE (same keys as the long options)")
+        ("log-level", po::value<std::string>(&log_level)->default_value("info"), "error, warning, notice, info or debug");
+
+    po::options_description limits("Timeouts and limits");
+    limits.add_options()
+        ("call-timeout", po::value<unsigned int>(&call_timeout)->default_value(600),
+         "seconds an established call may be idle (no GRE, no control) before it is removed; the kernel helper uses 600")
+        ("setup-timeout", po::value<unsigned int>(&setup_timeout)->default_value(120),
+         "seconds a call may wait for its reply")
+        ("control-timeout", po::value<unsigned int>(&control_timeout)->default_value(3600),
+         "seconds a control connection may be idle (PPTP echoes every 60 s)")
+        ("max-calls", po::value<std::size_t>(&max_calls)->default_value(max_calls), "live calls in total")
+        ("max-calls-per-connection", po::value<std::size_t>(&max_calls_per_connection)->default_value(max_calls_per_connection),
+         "live calls on one control connection")
+        ("max-connections", po::value<std::size_t>(&max_connections)->default_value(max_connections),
+         "control connections tracked")
+        ("call-id-range", po::value<std::string>(&call_id_range)->default_value("1-65535"),
+         "public Call IDs handed out, MIN-MAX")
+        ("queue-maxlen", po::value<std::uint32_t>(&opt.queue_max_length)->default_value(4096),
+         "packets the kernel may hold in the queue before it drops")
+        ("burst", po::value<std::size_t>(&opt.burst)->default_value(64), "packets handled per verdict batch");
+
+    po::options_description all;
+    all.add(general).add(limits);
+
+    po::variables_map vm;
+    try {
+        po::store(po::parse_command_line(argc, argv, all), vm);
+        if (vm.count("help") != 0U) {
+            std::ostringstream text;
+            text << kSynopsis << '\n' << all << kEpilog;
+            return ParseResult{std::nullopt, text.str()};
+        }
+        if (vm.count("version") != 0U) {
+            return ParseResult{std::nullopt, std::string("pptp-fixupd ") + PPTP_FIXUP_VERSION + "\n"};
+        }
+        if (vm.count("config") != 0U) {
+            const auto path = vm["config"].as<std::string>();
+            std::ifstream file(path);
+            if (!file) {
+                throw UsageError("cannot read config file " + path);
+            }
+            po::store(po::parse_config_file(file, all), vm);
+        }
+        po::notify(vm);
+    } catch (const po::error& e) {
+        throw UsageError(e.what());
+    }
+
+    if (vm.count("queue") == 0U) {
+        throw UsageError("missing --queue N (the NFQUEUE number of the fixup rules)");
+    }
+    if (queue > 65535) {
+        throw UsageError("invalid --queue " + std::to_string(queue) + ": expected 0-65535");
+    }
+    opt.queue = static_cast<std::uint16_t>(queue);
+    if (opt.outside_interface.empty()) {
+        throw UsageError("missing --outside IF (the public interface)");
+    }
+    if (!public_address.empty()) {
+        opt.public_address = pptp::parse_ipv4_address(public_address);
+        if (!opt.public_address) {
+            throw UsageError("invalid --public-address '" + public_address + "': expected an IPv4 address");
+        }
+    }
+    for (const auto& p : ports) {
+        // "1723,1724" is accepted too, as in pptp-fixup-rules --ports.
+        std::stringstream list(p);
+        std::string item;
+        while (std::getline(list, item, ',')) {
+            opt.fixup_ports.push_back(parse_port(item, "fixup-port"));
+        }
+    }
+    if (opt.fixup_ports.empty()) {
+        opt.fixup_ports.push_back(kDefaultFixupPort);
+    }
+    if (!logging::parse_level(log_level, opt.log_level)) {
+        throw UsageError("invalid --log-level '" + log_level + "': expected error, warning, notice, info or debug");
+    }
+    parse_call_id_range(call_id_range, opt.table);
+    if (call_timeout == 0 || setup_timeout == 0 || control_timeout == 0) {
+        throw UsageError("timeouts must be at least 1 second");
+    }
+    opt.table.call_idle_timeout = nat::Seconds(call_timeout);
+    opt.table.call_setup_timeout = nat::Seconds(setup_timeout);
+    opt.table.control_idle_timeout = nat::Seconds(control_timeout);
+    opt.table.max_calls = max_calls;
+    opt.table.max_calls_per_connection = max_calls_per_connection;
+    opt.table.max_connections = max_connections;
+    if (opt.burst == 0 || opt.burst > 1024) {
+        throw UsageError("invalid --burst: expected 1-1024");
+    }
+    return ParseResult{opt, {}};
+}
+
+}  // namespace daemon_options

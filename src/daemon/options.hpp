@@ -1,0 +1,46 @@
+// Command line and config file of pptp-fixupd (Boost.Program_options; the
+// config file takes the same keys as the long options).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/log.hpp"
+#include "nat/call_table.hpp"
+
+namespace daemon_options {
+
+inline constexpr const char* kDefaultControlSocket = "/run/pptp-fixup/pptp-fixupd.sock";
+inline constexpr std::uint16_t kDefaultFixupPort = 1723;
+
+struct Options {
+    std::uint16_t queue = 0;
+    std::string outside_interface;
+    std::optional<std::uint32_t> public_address;  // host order; from the interface if unset
+    std::vector<std::uint16_t> fixup_ports;
+    std::string control_socket = kDefaultControlSocket;
+    std::string config_file;
+    std::uint32_t queue_max_length = 4096;
+    std::size_t burst = 64;
+    logging::Level log_level = logging::Level::Info;
+    nat::TableConfig table;
+};
+
+class UsageError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// Result of parsing: either options to run with, or text to print and exit 0.
+struct ParseResult {
+    std::optional<Options> options;
+    std::string print_and_exit;
+};
+
+// Throws UsageError with a one-line message on bad input.
+ParseResult parse(int argc, const char* const* argv);
+
+}  // namespace daemon_options

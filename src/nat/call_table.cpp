@@ -1,0 +1,336 @@
+#include "nat/call_table.hpp"
+
+#include <algorithm>
+
+namespace nat {
+
+std::string_view state_name(ConnectionState s) noexcept {
+    switch (s) {
+        case ConnectionState::TcpOnly: return "tcp";
+        case ConnectionState::WaitStartReply: return "wait-start-reply";
+        case ConnectionState::Established: return "established";
+        case ConnectionState::Stopping: return "stopping";
+        case ConnectionState::Closed: return "closed";
+    }
+    return "unknown";
+}
+
+std::string_view state_name(CallState s) noexcept {
+    switch (s) {
+        case CallState::Requested: return "requested";
+        case CallState::Established: return "established";
+        case CallState::Clearing: return "clearing";
+    }
+    return "unknown";
+}
+
+std::string_view teardown_reason_name(TeardownReason r) noexcept {
+    switch (r) {
+        case TeardownReason::CallDisconnectNotify: return "call-disconnect-notify";
+        case TeardownReason::CallRejected: return "call-rejected";
+        case TeardownReason::StopControlConnection: return "stop-control-connection";
+        case TeardownReason::TcpFin: return "tcp-fin";
+        case TeardownReason::TcpReset: return "tcp-reset";
+        case TeardownReason::IdleTimeout: return "idle-timeout";
+        case TeardownReason::ConnectionReplaced: return "connection-replaced";
+        case TeardownReason::Cleared: return "cleared";
+        case TeardownReason::Shutdown: return "shutdown";
+    }
+    return "unknown";
+}
+
+void StreamCursor::remember_rewrite(std::uint32_t sequence, std::uint8_t original,
+                                    std::uint8_t rewritten) noexcept {
+    rewrite_log[rewrite_log_next] = RewrittenByte{sequence, original, rewritten};
+    rewrite_log_next = static_cast<std::uint8_t>((rewrite_log_next + 1U) % kRewriteLogSize);
+    rewrite_log_used = static_cast<std::uint8_t>(std::min<std::size_t>(rewrite_log_used + 1U, kRewriteLogSize));
+}
+
+std::size_t CallTable::ConnectionKeyHash::operator()(const ConnectionKey& k) const noexcept {
+    const std::uint64_t a = (static_cast<std::uint64_t>(k.inside_address) << 32U) | k.outside_address;
+    const std::uint64_t b = (static_cast<std::uint64_t>(k.inside_port) << 16U) | k.outside_port;
+    return std::hash<std::uint64_t>{}(a * 0x9E3779B97F4A7C15ULL ^ b);
+}
+
+std::size_t CallTable::OutboundKeyHash::operator()(const OutboundKey& k) const noexcept {
+    const std::uint64_t a = (static_cast<std::uint64_t>(k.inside) << 32U) | k.outside;
+    return std::hash<std::uint64_t>{}(a * 0x9E3779B97F4A7C15ULL ^ k.outside_id);
+}
+
+CallTable::CallTable(TableConfig config, const Clock& clock, Counters& counters, TableObserver* observer)
+    : config_(config), clock_(clock), counters_(counters), observer_(observer) {
+    if (config_.call_id_min > config_.call_id_max) {
+        std::swap(config_.call_id_min, config_.call_id_max);
+    }
+}
+
+CallTable::~CallTable() = default;
+
+ControlConnection* CallTable::find_connection(const ConnectionKey& key) noexcept {
+    auto it = connections_.find(key);
+    return it == connections_.end() ? nullptr : it->second.get();
+}
+
+ControlConnection* CallTable::create_connection(const ConnectionKey& key) {
+    if (auto* existing = find_connection(key)) {
+        remove_connection(*existing, TeardownReason::ConnectionReplaced);
+    }
+    if (connections_.size() >= config_.max_connections) {
+        return nullptr;
+    }
+    auto conn = std::make_unique<ControlConnection>();
+    conn->id = next_connection_serial_++;
+    conn->key = key;
+    conn->created = conn->last_activity = clock_.now();
+    auto* raw = conn.get();
+    connections_.emplace(key, std::move(conn));
+    counters_.add(EventCounter::connections_built);
+    return raw;
+}
+
+void CallTable::close_connection(ControlConnection& conn, TeardownReason reason) {
+    while (!conn.calls.empty()) {
+        remove_call(*conn.calls.back(), reason);
+    }
+    if (conn.state != ConnectionState::Closed) {
+        conn.state = ConnectionState::Closed;
+        conn.last_activity = clock_.now();
+    }
+}
+
+void CallTable::remove_connection(ControlConnection& conn, TeardownReason reason) {
+    close_connection(conn, reason);
+    counters_.add(EventCounter::connections_torn_down);
+    const ConnectionKey key = conn.key;  // conn dies inside erase
+    connections_.erase(key);
+}
+
+Call* CallTable::find_by_inside_id(const ControlConnection& conn, std::uint16_t id) const noexcept {
+    for (Call* c : conn.calls) {
+        if (c->inside_known && c->inside_call_id == id) {
+            return c;
+        }
+    }
+    return nullptr;
+}
+
+Call* CallTable::find_by_public_id(const ControlConnection& conn, std::uint16_t id) const noexcept {
+    for (Call* c : conn.calls) {
+        if (c->inside_known && c->public_call_id == id) {
+            return c;
+        }
+    }
+    return nullptr;
+}
+
+Call* CallTable::find_by_outside_id(const ControlConnection& conn, std::uint16_t id) const noexcept {
+    for (Call* c : conn.calls) {
+        if (c->outside_known && c->outside_call_id == id) {
+            return c;
+        }
+    }
+    return nullptr;
+}
+
+CallResult CallTable::new_call(ControlConnection& conn) {
+    if (calls_.size() >= config_.max_calls || conn.calls.size() >= config_.max_calls_per_connection) {
+        return {nullptr, CallError::CallLimit};
+    }
+    auto call = std::make_unique<Call>();
+    call->id = next_call_serial_++;
+    call->connection = &conn;
+    call->inside_address = conn.key.inside_address;
+    call->outside_address = conn.key.outside_address;
+    call->public_address = config_.public_address;
+    call->created = call->last_activity = clock_.now();
+    Call* raw = call.get();
+    calls_.emplace(raw->id, std::move(call));
+    conn.calls.push_back(raw);
+    return {raw, CallError::None};
+}
+
+CallError CallTable::allocate_public_id(Call& call, std::uint16_t preferred) {
+    const std::uint32_t lo = config_.call_id_min;
+    const std::uint32_t span = static_cast<std::uint32_t>(config_.call_id_max) - lo + 1U;
+    std::uint32_t& used = ids_in_use_[call.outside_address];
+    if (used >= span) {
+        return CallError::CallIdSpaceExhausted;
+    }
+    auto is_free = [&](std::uint32_t id) {
+        return by_public_.find(public_key(call.outside_address, static_cast<std::uint16_t>(id))) == by_public_.end();
+    };
+    std::uint32_t chosen = 0;
+    bool found = false;
+    // Keep the inside peer's own ID when it is free, as PAT keeps ports: it
+    // makes captures on both sides easy to match up.
+    if (preferred >= lo && preferred <= config_.call_id_max && is_free(preferred)) {
+        chosen = preferred;
+        found = true;
+    }
+    for (std::uint32_t i = 0; !found && i < span; ++i) {
+        const std::uint32_t candidate = lo + (allocation_cursor_ + i) % span;
+        if (is_free(candidate)) {
+            chosen = candidate;
+            allocation_cursor_ = (candidate - lo + 1U) % span;
+            found = true;
+        }
+    }
+    if (!found) {
+        return CallError::CallIdSpaceExhausted;
+    }
+    call.public_call_id = static_cast<std::uint16_t>(chosen);
+    by_public_.emplace(public_key(call.outside_address, call.public_call_id), &call);
+    ++used;
+    return CallError::None;
+}
+
+CallResult CallTable::create_call_from_inside(ControlConnection& conn, std::uint16_t inside_id) {
+    CallResult result = new_call(conn);
+    if (result.call == nullptr) {
+        return result;
+    }
+    if (CallError e = assign_inside_id(*result.call, inside_id); e != CallError::None) {
+        unlink_call(*result.call);
+        return {nullptr, e};
+    }
+    return result;
+}
+
+CallResult CallTable::create_call_from_outside(ControlConnection& conn, std::uint16_t outside_id) {
+    CallResult result = new_call(conn);
+    if (result.call != nullptr) {
+        set_outside_id(*result.call, outside_id);
+    }
+    return result;
+}
+
+CallError CallTable::assign_inside_id(Call& call, std::uint16_t inside_id) {
+    if (call.inside_known) {
+        return CallError::None;
+    }
+    if (CallError e = allocate_public_id(call, inside_id); e != CallError::None) {
+        return e;
+    }
+    call.inside_call_id = inside_id;
+    call.inside_known = true;
+    if (call.outside_known) {
+        by_outbound_[OutboundKey{call.inside_address, call.outside_address, call.outside_call_id}] = &call;
+    }
+    return CallError::None;
+}
+
+void CallTable::set_outside_id(Call& call, std::uint16_t outside_id) {
+    if (call.outside_known) {
+        by_outbound_.erase(OutboundKey{call.inside_address, call.outside_address, call.outside_call_id});
+    }
+    call.outside_call_id = outside_id;
+    call.outside_known = true;
+    if (call.inside_known) {
+        by_outbound_[OutboundKey{call.inside_address, call.outside_address, outside_id}] = &call;
+    }
+}
+
+void CallTable::mark_established(Call& call) {
+    if (call.state == CallState::Established) {
+        return;
+    }
+    call.state = CallState::Established;
+    call.last_activity = clock_.now();
+    counters_.add(EventCounter::calls_built);
+    if (observer_ != nullptr) {
+        observer_->call_built(call);
+    }
+}
+
+void CallTable::unlink_call(Call& call) {
+    if (call.inside_known) {
+        by_public_.erase(public_key(call.outside_address, call.public_call_id));
+        auto used = ids_in_use_.find(call.outside_address);
+        if (used != ids_in_use_.end() && --used->second == 0) {
+            ids_in_use_.erase(used);
+        }
+    }
+    if (call.inside_known && call.outside_known) {
+        auto it = by_outbound_.find(OutboundKey{call.inside_address, call.outside_address, call.outside_call_id});
+        if (it != by_outbound_.end() && it->second == &call) {
+            by_outbound_.erase(it);
+        }
+    }
+    auto& list = call.connection->calls;
+    list.erase(std::remove(list.begin(), list.end(), &call), list.end());
+    calls_.erase(call.id);  // destroys `call`
+}
+
+void CallTable::remove_call(Call& call, TeardownReason reason) {
+    if (call.state != CallState::Requested) {
+        counters_.add(EventCounter::calls_torn_down);
+        if (observer_ != nullptr) {
+            observer_->call_torn_down(call, reason);
+        }
+    }
+    if (reason == TeardownReason::IdleTimeout) {
+        counters_.add(EventCounter::calls_expired);
+    }
+    unlink_call(call);
+}
+
+Call* CallTable::find_inbound(std::uint32_t outside_address, std::uint16_t public_id) const noexcept {
+    auto it = by_public_.find(public_key(outside_address, public_id));
+    return it == by_public_.end() ? nullptr : it->second;
+}
+
+Call* CallTable::find_outbound(std::uint32_t inside_address, std::uint32_t outside_address,
+                               std::uint16_t outside_id) const noexcept {
+    auto it = by_outbound_.find(OutboundKey{inside_address, outside_address, outside_id});
+    return it == by_outbound_.end() ? nullptr : it->second;
+}
+
+std::size_t CallTable::expire() {
+    const Instant now = clock_.now();
+    std::size_t expired = 0;
+    std::vector<Call*> stale_calls;
+    for (auto& [id, call] : calls_) {
+        const Seconds limit = call->state == CallState::Established ? config_.call_idle_timeout
+                              : call->state == CallState::Clearing  ? config_.closing_linger
+                                                                    : config_.call_setup_timeout;
+        if (now - call->last_activity >= limit) {
+            stale_calls.push_back(call.get());
+        }
+    }
+    for (Call* call : stale_calls) {
+        remove_call(*call, TeardownReason::IdleTimeout);
+        ++expired;
+    }
+    std::vector<ControlConnection*> stale_connections;
+    for (auto& [key, conn] : connections_) {
+        const Seconds limit =
+            conn->state == ConnectionState::Closed ? config_.closing_linger : config_.control_idle_timeout;
+        if (now - conn->last_activity >= limit) {
+            stale_connections.push_back(conn.get());
+        }
+    }
+    for (ControlConnection* conn : stale_connections) {
+        remove_connection(*conn, TeardownReason::IdleTimeout);
+    }
+    return expired;
+}
+
+void CallTable::clear_all(TeardownReason reason) {
+    while (!connections_.empty()) {
+        remove_connection(*connections_.begin()->second, reason);
+    }
+}
+
+void CallTable::for_each_call(const std::function<void(const Call&)>& fn) const {
+    for (const auto& [id, call] : calls_) {
+        fn(*call);
+    }
+}
+
+void CallTable::for_each_connection(const std::function<void(const ControlConnection&)>& fn) const {
+    for (const auto& [key, conn] : connections_) {
+        fn(*conn);
+    }
+}
+
+}  // namespace nat

@@ -1,0 +1,233 @@
+// Control connections, calls and the public Call ID allocator. Owns all
+// translation state; lookups on the GRE path are O(1) hash probes that never
+// allocate. Time comes from an injected Clock; nothing here does I/O.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "nat/clock.hpp"
+#include "nat/counters.hpp"
+
+namespace nat {
+
+struct TableConfig {
+    std::uint32_t public_address = 0;  // host byte order
+    // Range handed out as public Call IDs. 0 is left out by default: some
+    // peers treat Call ID 0 as "none".
+    std::uint16_t call_id_min = 1;
+    std::uint16_t call_id_max = 65535;
+    // Idle timeouts. 600 s for established calls matches the kernel helper's
+    // PPTP_GRE_TIMEOUT; setup and closing states are short-lived.
+    Seconds call_idle_timeout{600};
+    Seconds call_setup_timeout{120};
+    Seconds control_idle_timeout{3600};
+    Seconds closing_linger{10};
+    std::size_t max_calls = 65536;
+    std::size_t max_calls_per_connection = 256;
+    std::size_t max_connections = 16384;
+};
+
+// TCP control connection, keyed as seen in the FORWARD path: the inside
+// peer's real address, the outside peer's address.
+struct ConnectionKey {
+    std::uint32_t inside_address = 0;
+    std::uint32_t outside_address = 0;
+    std::uint16_t inside_port = 0;
+    std::uint16_t outside_port = 0;
+    bool operator==(const ConnectionKey&) const = default;
+};
+
+enum class ConnectionState : std::uint8_t {
+    TcpOnly,          // TCP seen, no Start-Control-Connection yet
+    WaitStartReply,   // Start-Control-Connection-Request seen
+    Established,      // Start-Control-Connection-Reply with result 1
+    Stopping,         // Stop-Control-Connection-Request seen
+    Closed,           // stopped or TCP closed; lingers for retransmissions
+};
+
+enum class CallState : std::uint8_t {
+    Requested,    // Outgoing/Incoming-Call-Request seen, reply pending
+    Established,  // both Call IDs known, reply said connected
+    Clearing,     // Call-Clear-Request seen
+};
+
+enum class TeardownReason : std::uint8_t {
+    CallDisconnectNotify,
+    CallRejected,
+    StopControlConnection,
+    TcpFin,
+    TcpReset,
+    IdleTimeout,
+    ConnectionReplaced,
+    Cleared,
+    Shutdown,
+};
+
+[[nodiscard]] std::string_view state_name(ConnectionState s) noexcept;
+[[nodiscard]] std::string_view state_name(CallState s) noexcept;
+[[nodiscard]] std::string_view teardown_reason_name(TeardownReason r) noexcept;
+
+// One direction of a TCP control connection as a byte stream: where the next
+// expected byte is and how far into the current message it falls.
+struct StreamCursor {
+    static constexpr std::size_t kPrefixSize = 20;  // header, Call IDs, result code
+    static constexpr std::size_t kRewriteLogSize = 32;
+    struct RewrittenByte {
+        std::uint32_t sequence = 0;
+        std::uint8_t original = 0;
+        std::uint8_t rewritten = 0;
+    };
+
+    bool synchronized = false;
+    std::uint32_t next_sequence = 0;
+    std::uint16_t message_offset = 0;  // bytes of the current message consumed
+    std::uint16_t message_length = 0;  // 0 while the header is incomplete
+    std::array<std::uint8_t, kPrefixSize> prefix{};
+    // Bytes rewritten recently, so a retransmission gets the same rewrite.
+    std::array<RewrittenByte, kRewriteLogSize> rewrite_log{};
+    std::uint8_t rewrite_log_next = 0;
+    std::uint8_t rewrite_log_used = 0;
+
+    void remember_rewrite(std::uint32_t sequence, std::uint8_t original, std::uint8_t rewritten) noexcept;
+};
+
+struct Call;
+
+struct ControlConnection {
+    std::uint64_t id = 0;
+    ConnectionKey key;
+    ConnectionState state = ConnectionState::TcpOnly;
+    Instant created{};
+    Instant last_activity{};
+    std::array<StreamCursor, 2> streams{};  // indexed by Direction
+    std::vector<Call*> calls;
+    std::uint64_t messages = 0;
+};
+
+struct Call {
+    std::uint64_t id = 0;
+    ControlConnection* connection = nullptr;
+    std::uint32_t inside_address = 0;
+    std::uint32_t outside_address = 0;
+    std::uint32_t public_address = 0;
+    std::uint16_t inside_call_id = 0;
+    std::uint16_t public_call_id = 0;
+    std::uint16_t outside_call_id = 0;
+    bool inside_known = false;   // inside peer announced its Call ID
+    bool outside_known = false;  // outside peer announced its Call ID
+    CallState state = CallState::Requested;
+    Instant created{};
+    Instant last_activity{};
+    std::uint64_t packets_in = 0;   // toward the inside peer
+    std::uint64_t packets_out = 0;  // toward the outside peer
+    std::uint64_t bytes_in = 0;
+    std::uint64_t bytes_out = 0;
+};
+
+// Notified of what the table does, so the daemon can log it; the table itself
+// never logs.
+class TableObserver {
+public:
+    virtual ~TableObserver() = default;
+    virtual void call_built(const Call& call) = 0;
+    virtual void call_torn_down(const Call& call, TeardownReason reason) = 0;
+};
+
+enum class CallError : std::uint8_t { None, CallLimit, CallIdSpaceExhausted };
+
+struct CallResult {
+    Call* call = nullptr;
+    CallError error = CallError::None;
+};
+
+class CallTable {
+public:
+    CallTable(TableConfig config, const Clock& clock, Counters& counters, TableObserver* observer);
+    ~CallTable();
+    CallTable(const CallTable&) = delete;
+    CallTable& operator=(const CallTable&) = delete;
+
+    [[nodiscard]] const TableConfig& config() const noexcept { return config_; }
+    [[nodiscard]] Instant now() const { return clock_.now(); }
+
+    [[nodiscard]] ControlConnection* find_connection(const ConnectionKey& key) noexcept;
+    // nullptr when max_connections is reached.
+    ControlConnection* create_connection(const ConnectionKey& key);
+    // Ends every call of the connection; the connection lingers as Closed.
+    void close_connection(ControlConnection& conn, TeardownReason reason);
+    void remove_connection(ControlConnection& conn, TeardownReason reason);
+
+    // Calls of one connection, by either peer's Call ID.
+    [[nodiscard]] Call* find_by_inside_id(const ControlConnection& conn, std::uint16_t id) const noexcept;
+    [[nodiscard]] Call* find_by_public_id(const ControlConnection& conn, std::uint16_t id) const noexcept;
+    [[nodiscard]] Call* find_by_outside_id(const ControlConnection& conn, std::uint16_t id) const noexcept;
+
+    // The inside peer announced a Call ID: make a call with a unique public ID.
+    CallResult create_call_from_inside(ControlConnection& conn, std::uint16_t inside_id);
+    // The outside peer announced a Call ID first (inside peer answers later).
+    CallResult create_call_from_outside(ControlConnection& conn, std::uint16_t outside_id);
+    // An inside answer to an outside-initiated call: give it a public ID.
+    CallError assign_inside_id(Call& call, std::uint16_t inside_id);
+    void set_outside_id(Call& call, std::uint16_t outside_id);
+    void mark_established(Call& call);
+    void remove_call(Call& call, TeardownReason reason);
+
+    // GRE lookups, O(1).
+    [[nodiscard]] Call* find_inbound(std::uint32_t outside_address, std::uint16_t public_id) const noexcept;
+    [[nodiscard]] Call* find_outbound(std::uint32_t inside_address, std::uint32_t outside_address,
+                                      std::uint16_t outside_id) const noexcept;
+
+    // Drops what has been idle longer than its timeout. Returns calls expired.
+    std::size_t expire();
+    void clear_all(TeardownReason reason);
+
+    [[nodiscard]] std::size_t call_count() const noexcept { return calls_.size(); }
+    [[nodiscard]] std::size_t connection_count() const noexcept { return connections_.size(); }
+    void for_each_call(const std::function<void(const Call&)>& fn) const;
+    void for_each_connection(const std::function<void(const ControlConnection&)>& fn) const;
+
+private:
+    struct ConnectionKeyHash {
+        std::size_t operator()(const ConnectionKey& k) const noexcept;
+    };
+    // (outside address, public Call ID) -> call, for inbound GRE and uniqueness.
+    static std::uint64_t public_key(std::uint32_t outside, std::uint16_t id) noexcept {
+        return (static_cast<std::uint64_t>(outside) << 16U) | id;
+    }
+    struct OutboundKey {
+        std::uint32_t inside = 0;
+        std::uint32_t outside = 0;
+        std::uint16_t outside_id = 0;
+        bool operator==(const OutboundKey&) const = default;
+    };
+    struct OutboundKeyHash {
+        std::size_t operator()(const OutboundKey& k) const noexcept;
+    };
+
+    CallResult new_call(ControlConnection& conn);
+    CallError allocate_public_id(Call& call, std::uint16_t preferred);
+    void unlink_call(Call& call);
+
+    TableConfig config_;
+    const Clock& clock_;
+    Counters& counters_;
+    TableObserver* observer_;
+    std::uint64_t next_call_serial_ = 1;
+    std::uint64_t next_connection_serial_ = 1;
+    std::unordered_map<ConnectionKey, std::unique_ptr<ControlConnection>, ConnectionKeyHash> connections_;
+    std::unordered_map<std::uint64_t, std::unique_ptr<Call>> calls_;
+    std::unordered_map<std::uint64_t, Call*> by_public_;
+    std::unordered_map<OutboundKey, Call*, OutboundKeyHash> by_outbound_;
+    // Public IDs in use per outside peer, to refuse at once when the space is full.
+    std::unordered_map<std::uint32_t, std::uint32_t> ids_in_use_;
+    std::uint32_t allocation_cursor_ = 0;
+};
+
+}  // namespace nat

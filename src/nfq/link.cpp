@@ -1,0 +1,109 @@
+#include "nfq/link.hpp"
+
+#include <arpa/inet.h>
+#include <libmnl/libmnl.h>
+#include <linux/if_addr.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <vector>
+
+namespace nfq {
+
+std::uint32_t interface_index(const std::string& name) {
+    const unsigned int index = if_nametoindex(name.c_str());
+    if (index == 0) {
+        throw LinkError("no such interface: " + name);
+    }
+    return index;
+}
+
+namespace {
+struct AddressQuery {
+    std::uint32_t ifindex = 0;
+    std::optional<std::uint32_t> address;
+};
+
+int on_address(const nlmsghdr* nlh, void* data) {
+    auto* query = static_cast<AddressQuery*>(data);
+    const auto* ifa = static_cast<const ifaddrmsg*>(mnl_nlmsg_get_payload(nlh));
+    if (ifa->ifa_family != AF_INET || ifa->ifa_index != query->ifindex ||
+        (ifa->ifa_flags & IFA_F_SECONDARY) != 0 || query->address) {
+        return MNL_CB_OK;
+    }
+    struct Found {
+        const nlattr* local = nullptr;
+        const nlattr* address = nullptr;
+    } found;
+    mnl_attr_parse(
+        nlh, sizeof(*ifa),
+        [](const nlattr* attr, void* out) {
+            auto* f = static_cast<Found*>(out);
+            if (mnl_attr_get_type(attr) == IFA_LOCAL) {
+                f->local = attr;
+            } else if (mnl_attr_get_type(attr) == IFA_ADDRESS) {
+                f->address = attr;
+            }
+            return MNL_CB_OK;
+        },
+        &found);
+    const nlattr* local = found.local;
+    const nlattr* address = found.address;
+    const nlattr* chosen = local != nullptr ? local : address;
+    if (chosen != nullptr && mnl_attr_get_payload_len(chosen) == 4) {
+        std::uint32_t value = 0;
+        std::memcpy(&value, mnl_attr_get_payload(chosen), 4);
+        query->address = ntohl(value);
+    }
+    return MNL_CB_OK;
+}
+}  // namespace
+
+std::optional<std::uint32_t> primary_ipv4_address(std::uint32_t ifindex) {
+    mnl_socket* sock = mnl_socket_open(NETLINK_ROUTE);
+    if (sock == nullptr) {
+        throw LinkError(std::string("cannot open rtnetlink socket: ") + std::strerror(errno));
+    }
+    std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
+    AddressQuery query;
+    query.ifindex = ifindex;
+    try {
+        if (mnl_socket_bind(sock, 0, MNL_SOCKET_AUTOPID) < 0) {
+            throw LinkError(std::string("cannot bind rtnetlink socket: ") + std::strerror(errno));
+        }
+        nlmsghdr* nlh = mnl_nlmsg_put_header(buffer.data());
+        nlh->nlmsg_type = RTM_GETADDR;
+        nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+        nlh->nlmsg_seq = static_cast<unsigned int>(time(nullptr));
+        const unsigned int seq = nlh->nlmsg_seq;
+        auto* ifa = static_cast<ifaddrmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifaddrmsg)));
+        ifa->ifa_family = AF_INET;
+        if (mnl_socket_sendto(sock, nlh, nlh->nlmsg_len) < 0) {
+            throw LinkError(std::string("rtnetlink address dump failed: ") + std::strerror(errno));
+        }
+        const unsigned int port = mnl_socket_get_portid(sock);
+        for (;;) {
+            const ssize_t n = mnl_socket_recvfrom(sock, buffer.data(), buffer.size());
+            if (n < 0) {
+                throw LinkError(std::string("rtnetlink address dump failed: ") + std::strerror(errno));
+            }
+            const int ret = mnl_cb_run(buffer.data(), static_cast<size_t>(n), seq, port, on_address, &query);
+            if (ret < 0) {
+                throw LinkError(std::string("rtnetlink address dump failed: ") + std::strerror(errno));
+            }
+            if (ret == MNL_CB_STOP) {
+                break;
+            }
+        }
+    } catch (...) {
+        mnl_socket_close(sock);
+        throw;
+    }
+    mnl_socket_close(sock);
+    return query.address;
+}
+
+}  // namespace nfq
