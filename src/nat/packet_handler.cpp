@@ -49,7 +49,7 @@ DropReason drop_reason_for(CallError e) noexcept {
 }
 
 bool has_call_id_field(const pptp::MessageSpec& spec) noexcept {
-    return spec.own_call_id_offset != 0 || spec.peer_call_id_offset != 0;
+    return pptp::call_id_region_end(spec) != 0;
 }
 
 // Signed distance a - b in sequence space (RFC 793 arithmetic).
@@ -226,8 +226,8 @@ Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> pac
 bool PacketHandler::segment_splits_call_id(const StreamCursor& cursor,
                                            std::span<const std::uint8_t> bytes) const noexcept {
     // Walk message boundaries without side effects. A segment that ends inside
-    // a message's Call ID region [12, 16) cannot be rewritten consistently:
-    // part of a field would already be on its way.
+    // a message's Call ID region (bytes 12 to 14 or 16) cannot be rewritten
+    // consistently: part of a field would already be on its way.
     std::size_t offset = cursor.message_offset;
     std::array<std::uint8_t, pptp::kHeaderSize> header{};
     std::memcpy(header.data(), cursor.prefix.data(), std::min<std::size_t>(offset, pptp::kHeaderSize));
@@ -249,9 +249,9 @@ bool PacketHandler::segment_splits_call_id(const StreamCursor& cursor,
         }
         const std::size_t take = std::min(length - offset, bytes.size() - i);
         const std::size_t end = offset + take;
-        if (end < length && end > pptp::kHeaderSize && end < pptp::kCallIdRegionEnd) {
+        if (end < length && end > pptp::kHeaderSize) {
             const auto spec = pptp::message_spec(pptp::load_be16(header.data() + 8));
-            if (spec && has_call_id_field(*spec)) {
+            if (spec && end < pptp::call_id_region_end(*spec)) {
                 return true;
             }
         }
@@ -324,7 +324,8 @@ Verdict PacketHandler::consume_stream(ControlConnection& conn, Direction dir, st
         for (std::size_t o = start_offset; o < std::min(end_offset, StreamCursor::kPrefixSize); ++o) {
             cursor.prefix[o] = fresh[i + (o - start_offset)];
         }
-        if (start_offset < pptp::kCallIdRegionEnd && end_offset >= pptp::kCallIdRegionEnd) {
+        const std::size_t region_end = pptp::call_id_region_end(header.spec);
+        if (region_end != 0 && start_offset < region_end && end_offset >= region_end) {
             const RegionDecision decision = decide_call_ids(conn, dir, header, cursor.prefix);
             if (decision.drop != DropReason::none) {
                 cursor = saved;

@@ -90,6 +90,13 @@ struct CallIdFields {
     std::optional<std::uint16_t> own;   // sender's Call ID
     std::optional<std::uint16_t> peer;  // receiver's Call ID
 };
+// End of the bytes that hold the message's Call IDs (14 or 16), 0 if none.
+[[nodiscard]] constexpr std::size_t call_id_region_end(const MessageSpec& spec) noexcept {
+    const std::size_t last = spec.own_call_id_offset > spec.peer_call_id_offset ? spec.own_call_id_offset
+                                                                                : spec.peer_call_id_offset;
+    return last == 0 ? 0 : last + 2;
+}
+
 [[nodiscard]] CallIdFields read_call_ids(const MessageSpec& spec,
                                          std::span<const std::uint8_t> msg) noexcept;
 

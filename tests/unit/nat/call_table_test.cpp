@@ -1,0 +1,224 @@
+#include "nat/call_table.hpp"
+
+#include <gtest/gtest.h>
+
+#include <set>
+
+using namespace nat;
+
+namespace {
+
+constexpr std::uint32_t kPublic = 0xCB007101;   // 203.0.113.1
+constexpr std::uint32_t kServerA = 0xCB00710A;  // 203.0.113.10
+constexpr std::uint32_t kServerB = 0xCB00710B;
+constexpr std::uint32_t kClient1 = 0xC612000B;  // 198.18.0.11
+constexpr std::uint32_t kClient2 = 0xC612000C;
+
+class RecordingObserver : public TableObserver {
+public:
+    void call_built(const Call&) override { ++built; }
+    void call_torn_down(const Call&, TeardownReason r) override {
+        ++torn_down;
+        last_reason = r;
+    }
+    int built = 0;
+    int torn_down = 0;
+    TeardownReason last_reason = TeardownReason::Shutdown;
+};
+
+class CallTableTest : public ::testing::Test {
+protected:
+    CallTable make(TableConfig config = {}) {
+        config.public_address = kPublic;
+        return CallTable(config, clock, counters, &observer);
+    }
+    ManualClock clock;
+    Counters counters;
+    RecordingObserver observer;
+};
+
+ConnectionKey key(std::uint32_t inside, std::uint32_t outside, std::uint16_t port = 40000) {
+    return ConnectionKey{inside, outside, port, 1723};
+}
+
+TEST_F(CallTableTest, KeepsTheInsideCallIdWhenFree) {
+    CallTable table = make();
+    auto* conn = table.create_connection(key(kClient1, kServerA));
+    const auto r = table.create_call_from_inside(*conn, 7);
+    ASSERT_NE(r.call, nullptr);
+    EXPECT_EQ(r.call->public_call_id, 7);
+    EXPECT_EQ(r.call->public_address, kPublic);
+    EXPECT_EQ(table.find_by_inside_id(*conn, 7), r.call);
+    EXPECT_EQ(table.find_by_public_id(*conn, 7), r.call);
+}
+
+TEST_F(CallTableTest, SameInsideIdFromTwoClientsGetsTwoPublicIds) {
+    CallTable table = make();
+    auto* c1 = table.create_connection(key(kClient1, kServerA));
+    auto* c2 = table.create_connection(key(kClient2, kServerA));
+    auto* a = table.create_call_from_inside(*c1, 7).call;
+    auto* b = table.create_call_from_inside(*c2, 7).call;
+    ASSERT_TRUE(a && b);
+    EXPECT_NE(a->public_call_id, b->public_call_id);
+    EXPECT_EQ(table.find_inbound(kServerA, a->public_call_id), a);
+    EXPECT_EQ(table.find_inbound(kServerA, b->public_call_id), b);
+}
+
+TEST_F(CallTableTest, PublicIdsAreUniquePerOutsidePeerOnly) {
+    CallTable table = make();
+    auto* c1 = table.create_connection(key(kClient1, kServerA));
+    auto* c2 = table.create_connection(key(kClient2, kServerB));
+    auto* a = table.create_call_from_inside(*c1, 7).call;
+    auto* b = table.create_call_from_inside(*c2, 7).call;
+    EXPECT_EQ(a->public_call_id, 7);
+    EXPECT_EQ(b->public_call_id, 7);  // different outside peer: no clash
+    EXPECT_EQ(table.find_inbound(kServerA, 7), a);
+    EXPECT_EQ(table.find_inbound(kServerB, 7), b);
+}
+
+TEST_F(CallTableTest, ManyCallsAllUnique) {
+    CallTable table = make();
+    std::set<std::uint16_t> seen;
+    for (std::uint16_t port = 1; port <= 300; ++port) {
+        auto* conn = table.create_connection(key(kClient1 + port, kServerA, port));
+        auto* call = table.create_call_from_inside(*conn, 1).call;
+        ASSERT_NE(call, nullptr);
+        EXPECT_TRUE(seen.insert(call->public_call_id).second);
+    }
+    EXPECT_EQ(table.call_count(), 300u);
+}
+
+TEST_F(CallTableTest, ExhaustionIsReportedAndFreedIdsAreReused) {
+    TableConfig config;
+    config.call_id_min = 100;
+    config.call_id_max = 102;
+    CallTable table = make(config);
+    std::vector<Call*> calls;
+    for (std::uint16_t i = 0; i < 3; ++i) {
+        auto* conn = table.create_connection(key(kClient1 + i, kServerA));
+        const auto r = table.create_call_from_inside(*conn, 5);
+        ASSERT_NE(r.call, nullptr);
+        EXPECT_GE(r.call->public_call_id, 100);
+        EXPECT_LE(r.call->public_call_id, 102);
+        calls.push_back(r.call);
+    }
+    auto* extra = table.create_connection(key(kClient2 + 50, kServerA));
+    const auto refused = table.create_call_from_inside(*extra, 5);
+    EXPECT_EQ(refused.call, nullptr);
+    EXPECT_EQ(refused.error, CallError::CallIdSpaceExhausted);
+    EXPECT_EQ(extra->calls.size(), 0u);
+    // Another outside peer has its own space.
+    auto* other = table.create_connection(key(kClient2, kServerB));
+    EXPECT_NE(table.create_call_from_inside(*other, 5).call, nullptr);
+    // Freeing one makes room again.
+    const std::uint16_t freed = calls[1]->public_call_id;
+    table.remove_call(*calls[1], TeardownReason::CallDisconnectNotify);
+    const auto again = table.create_call_from_inside(*extra, 5);
+    ASSERT_NE(again.call, nullptr);
+    EXPECT_EQ(again.call->public_call_id, freed);
+}
+
+TEST_F(CallTableTest, CallLimitsApply) {
+    TableConfig config;
+    config.max_calls = 2;
+    config.max_calls_per_connection = 1;
+    CallTable table = make(config);
+    auto* c1 = table.create_connection(key(kClient1, kServerA));
+    EXPECT_NE(table.create_call_from_inside(*c1, 1).call, nullptr);
+    EXPECT_EQ(table.create_call_from_inside(*c1, 2).error, CallError::CallLimit);
+    auto* c2 = table.create_connection(key(kClient2, kServerA));
+    EXPECT_NE(table.create_call_from_inside(*c2, 1).call, nullptr);
+    auto* c3 = table.create_connection(key(kClient2 + 1, kServerA));
+    EXPECT_EQ(table.create_call_from_inside(*c3, 1).error, CallError::CallLimit);
+}
+
+TEST_F(CallTableTest, ConnectionLimitApplies) {
+    TableConfig config;
+    config.max_connections = 1;
+    CallTable table = make(config);
+    EXPECT_NE(table.create_connection(key(kClient1, kServerA)), nullptr);
+    EXPECT_EQ(table.create_connection(key(kClient2, kServerA)), nullptr);
+}
+
+TEST_F(CallTableTest, OutboundLookupNeedsBothIds) {
+    CallTable table = make();
+    auto* conn = table.create_connection(key(kClient1, kServerA));
+    auto* call = table.create_call_from_inside(*conn, 7).call;
+    EXPECT_EQ(table.find_outbound(kClient1, kServerA, 300), nullptr);
+    table.set_outside_id(*call, 300);
+    EXPECT_EQ(table.find_outbound(kClient1, kServerA, 300), call);
+    EXPECT_EQ(table.find_outbound(kClient2, kServerA, 300), nullptr);
+    EXPECT_EQ(table.find_outbound(kClient1, kServerB, 300), nullptr);
+}
+
+TEST_F(CallTableTest, OutsideInitiatedCallGetsPublicIdWhenInsideAnswers) {
+    CallTable table = make();
+    auto* conn = table.create_connection(key(kClient1, kServerA));
+    auto* call = table.create_call_from_outside(*conn, 55).call;
+    ASSERT_NE(call, nullptr);
+    EXPECT_FALSE(call->inside_known);
+    EXPECT_EQ(table.find_outbound(kClient1, kServerA, 55), nullptr);
+    EXPECT_EQ(table.assign_inside_id(*call, 9), CallError::None);
+    EXPECT_EQ(table.find_outbound(kClient1, kServerA, 55), call);
+    EXPECT_EQ(table.find_inbound(kServerA, call->public_call_id), call);
+}
+
+TEST_F(CallTableTest, ExpiresIdleCallsByState) {
+    TableConfig config;
+    config.call_idle_timeout = Seconds(600);
+    config.call_setup_timeout = Seconds(120);
+    CallTable table = make(config);
+    auto* conn = table.create_connection(key(kClient1, kServerA));
+    auto* established = table.create_call_from_inside(*conn, 1).call;
+    table.set_outside_id(*established, 10);
+    table.mark_established(*established);
+    table.create_call_from_inside(*conn, 2);  // never answered
+    clock.advance(std::chrono::seconds(119));
+    EXPECT_EQ(table.expire(), 0u);
+    clock.advance(std::chrono::seconds(1));
+    EXPECT_EQ(table.expire(), 1u);  // the unanswered one
+    EXPECT_EQ(table.call_count(), 1u);
+    clock.advance(std::chrono::seconds(479));
+    established->last_activity = clock.now();  // GRE keeps it alive
+    conn->last_activity = clock.now();
+    clock.advance(std::chrono::seconds(599));
+    EXPECT_EQ(table.expire(), 0u);
+    clock.advance(std::chrono::seconds(1));
+    EXPECT_EQ(table.expire(), 1u);
+    EXPECT_EQ(observer.last_reason, TeardownReason::IdleTimeout);
+    EXPECT_EQ(counters.get(EventCounter::calls_expired), 2u);
+    EXPECT_EQ(table.find_inbound(kServerA, 1), nullptr);
+}
+
+TEST_F(CallTableTest, ClosedConnectionsLingerThenGo) {
+    CallTable table = make();
+    auto* conn = table.create_connection(key(kClient1, kServerA));
+    auto* call = table.create_call_from_inside(*conn, 1).call;
+    table.set_outside_id(*call, 10);
+    table.mark_established(*call);
+    table.close_connection(*conn, TeardownReason::TcpFin);
+    EXPECT_EQ(table.call_count(), 0u);
+    EXPECT_EQ(observer.torn_down, 1);
+    EXPECT_EQ(observer.last_reason, TeardownReason::TcpFin);
+    EXPECT_EQ(table.connection_count(), 1u);
+    clock.advance(table.config().closing_linger);
+    table.expire();
+    EXPECT_EQ(table.connection_count(), 0u);
+}
+
+TEST_F(CallTableTest, ClearAllTearsDownEverything) {
+    CallTable table = make();
+    for (std::uint16_t i = 0; i < 5; ++i) {
+        auto* conn = table.create_connection(key(kClient1 + i, kServerA));
+        auto* call = table.create_call_from_inside(*conn, 1).call;
+        table.set_outside_id(*call, static_cast<std::uint16_t>(100 + i));
+        table.mark_established(*call);
+    }
+    EXPECT_EQ(observer.built, 5);
+    table.clear_all(TeardownReason::Shutdown);
+    EXPECT_EQ(table.call_count(), 0u);
+    EXPECT_EQ(table.connection_count(), 0u);
+    EXPECT_EQ(observer.torn_down, 5);
+}
+
+}  // namespace

@@ -1,0 +1,427 @@
+#include "nat/packet_handler.hpp"
+
+#include <gtest/gtest.h>
+
+#include "support/packets.hpp"
+
+using namespace nat;
+using namespace testpkt;
+
+namespace {
+
+constexpr std::uint32_t kPublic = 0xCB007101;   // 203.0.113.1
+constexpr std::uint32_t kServer = 0xCB00710A;   // 203.0.113.10
+constexpr std::uint32_t kServer2 = 0xCB00710B;  // 203.0.113.11
+constexpr std::uint32_t kClient1 = 0xC612000B;  // 198.18.0.11
+constexpr std::uint32_t kClient2 = 0xC612000C;  // 198.18.0.12
+
+struct Flow {
+    std::uint32_t client;
+    std::uint16_t port;
+    std::uint32_t server = kServer;
+    std::uint32_t out_seq = 1000;
+    std::uint32_t in_seq = 50000;
+};
+
+class PacketHandlerTest : public ::testing::Test {
+protected:
+    explicit PacketHandlerTest(TableConfig config = {}) {
+        config.public_address = kPublic;
+        table = std::make_unique<CallTable>(config, clock, counters, nullptr);
+        handler = std::make_unique<PacketHandler>(*table, counters);
+        handler->enable_port(1723);
+    }
+
+    Verdict run(Direction dir, Bytes& packet) {
+        const Bytes before = packet;
+        const Verdict v = handler->handle(dir, packet);
+        EXPECT_EQ(packet.size(), before.size());
+        if (!v.modified) {
+            EXPECT_EQ(packet, before) << "packet changed without being marked modified";
+        }
+        if (v.accept) {
+            EXPECT_TRUE(ipv4_checksum_ok(packet));
+            if (packet[9] == 6) {
+                EXPECT_TRUE(tcp_checksum_ok(packet));
+            }
+        }
+        return v;
+    }
+
+    // Sends control bytes from the client; returns what leaves the agent.
+    Bytes out(Flow& f, const Bytes& payload, Verdict* verdict = nullptr, std::uint8_t flags = ACK | PSH) {
+        Bytes p = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq, flags, payload);
+        const Verdict v = run(Direction::Outbound, p);
+        if (verdict != nullptr) *verdict = v;
+        if (v.accept) f.out_seq += static_cast<std::uint32_t>(payload.size());
+        return tcp_payload(p);
+    }
+    Bytes in(Flow& f, const Bytes& payload, Verdict* verdict = nullptr, std::uint8_t flags = ACK | PSH) {
+        Bytes p = tcp_packet(f.server, f.client, 1723, f.port, f.in_seq, flags, payload);
+        const Verdict v = run(Direction::Inbound, p);
+        if (verdict != nullptr) *verdict = v;
+        if (v.accept) f.in_seq += static_cast<std::uint32_t>(payload.size());
+        return tcp_payload(p);
+    }
+    void open(Flow& f) {
+        Bytes syn = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq - 1, SYN, {});
+        ASSERT_TRUE(run(Direction::Outbound, syn).accept);
+        Bytes synack = tcp_packet(f.server, f.client, 1723, f.port, f.in_seq - 1, SYN | ACK, {});
+        ASSERT_TRUE(run(Direction::Inbound, synack).accept);
+        out(f, sccrq());
+        in(f, sccrp());
+    }
+    // Sets up a call; returns the public Call ID the server saw.
+    std::uint16_t call(Flow& f, std::uint16_t inside_id, std::uint16_t server_id) {
+        const Bytes sent = out(f, ocrq(inside_id));
+        const std::uint16_t public_id = get16(sent, 12);
+        const Bytes got = in(f, ocrp(server_id, public_id));
+        EXPECT_EQ(get16(got, 14), inside_id);
+        return public_id;
+    }
+    Verdict gre_in(std::uint32_t from, std::uint32_t to, std::uint16_t key, Bytes* result = nullptr) {
+        Bytes p = gre_packet(from, to, key, Bytes(20, 0x5A));
+        const Verdict v = run(Direction::Inbound, p);
+        if (result != nullptr) *result = p;
+        return v;
+    }
+    Verdict gre_out(std::uint32_t from, std::uint32_t to, std::uint16_t key, Bytes* result = nullptr) {
+        Bytes p = gre_packet(from, to, key, Bytes(20, 0xA5));
+        const Verdict v = run(Direction::Outbound, p);
+        if (result != nullptr) *result = p;
+        return v;
+    }
+
+    ManualClock clock;
+    Counters counters;
+    std::unique_ptr<CallTable> table;
+    std::unique_ptr<PacketHandler> handler;
+};
+
+TEST_F(PacketHandlerTest, OutgoingCallIsTranslatedBothWays) {
+    Flow f{kClient1, 40000};
+    open(f);
+    const Bytes sent = out(f, ocrq(7));
+    EXPECT_EQ(get16(sent, 12), 7);  // free, so kept
+    const Bytes reply = in(f, ocrp(300, 7));
+    EXPECT_EQ(get16(reply, 12), 300);
+    EXPECT_EQ(get16(reply, 14), 7);
+    EXPECT_EQ(counters.get(EventCounter::calls_built), 1u);
+
+    Bytes g;
+    ASSERT_TRUE(gre_out(kClient1, kServer, 300, &g).accept);
+    EXPECT_EQ(get32(g, 12), kPublic);
+    EXPECT_EQ(get32(g, 16), kServer);
+    EXPECT_EQ(get16(g, 26), 300);
+    ASSERT_TRUE(gre_in(kServer, kPublic, 7, &g).accept);
+    EXPECT_EQ(get32(g, 16), kClient1);
+    EXPECT_EQ(get16(g, 26), 7);
+    EXPECT_EQ(get32(g, 12), kServer);
+
+    const Call* c = table->find_inbound(kServer, 7);
+    ASSERT_NE(c, nullptr);
+    EXPECT_EQ(c->packets_in, 1u);
+    EXPECT_EQ(c->packets_out, 1u);
+    EXPECT_EQ(c->bytes_in, 32u);
+}
+
+TEST_F(PacketHandlerTest, TwoClientsWithTheSameCallIdBothWork) {
+    Flow a{kClient1, 40000};
+    Flow b{kClient2, 40000};
+    open(a);
+    open(b);
+    const std::uint16_t pa = call(a, 7, 300);
+    const std::uint16_t pb = call(b, 7, 301);
+    EXPECT_EQ(pa, 7);
+    EXPECT_NE(pb, 7);
+    Bytes g;
+    ASSERT_TRUE(gre_in(kServer, kPublic, pb, &g).accept);
+    EXPECT_EQ(get32(g, 16), kClient2);
+    EXPECT_EQ(get16(g, 26), 7);
+    ASSERT_TRUE(gre_in(kServer, kPublic, pa, &g).accept);
+    EXPECT_EQ(get32(g, 16), kClient1);
+    EXPECT_EQ(get16(g, 26), 7);
+    ASSERT_TRUE(gre_out(kClient2, kServer, 301, &g).accept);
+    EXPECT_EQ(get32(g, 12), kPublic);
+    // Client 1 cannot use client 2's server Call ID.
+    EXPECT_FALSE(gre_out(kClient1, kServer, 301).accept);
+}
+
+TEST_F(PacketHandlerTest, GreThatMatchesNoCallIsDropped) {
+    Flow f{kClient1, 40000};
+    open(f);
+    call(f, 7, 300);
+    EXPECT_FALSE(gre_in(kServer, kPublic, 8).accept);
+    EXPECT_EQ(counters.get(DropReason::gre_no_matching_call), 1u);
+    EXPECT_FALSE(gre_in(kServer2, kPublic, 7).accept);  // wrong outside peer
+    EXPECT_EQ(counters.get(DropReason::gre_no_matching_call), 2u);
+    EXPECT_FALSE(gre_in(kServer, kPublic + 1, 7).accept);
+    EXPECT_EQ(counters.get(DropReason::gre_not_to_public_address), 1u);
+    EXPECT_FALSE(gre_out(kClient1, kServer, 301).accept);
+    EXPECT_EQ(counters.get(DropReason::gre_no_matching_call), 3u);
+    EXPECT_TRUE(gre_in(kServer, kPublic, 7).accept);
+}
+
+TEST_F(PacketHandlerTest, NonPptpGreIsDropped) {
+    Flow f{kClient1, 40000};
+    open(f);
+    call(f, 7, 300);
+    Bytes v0 = gre_packet(kServer, kPublic, 7, Bytes(4, 0), 0x3000);
+    EXPECT_FALSE(run(Direction::Inbound, v0).accept);
+    Bytes csum = gre_packet(kServer, kPublic, 7, Bytes(4, 0), 0xB001);
+    EXPECT_FALSE(run(Direction::Inbound, csum).accept);
+    Bytes proto = gre_packet(kServer, kPublic, 7, Bytes(4, 0), 0x3001, 0x0800);
+    EXPECT_FALSE(run(Direction::Inbound, proto).accept);
+    Bytes truncated = gre_packet(kServer, kPublic, 7, Bytes(4, 0));
+    put16(truncated, 24, 40);  // GRE payload length lies
+    put16(truncated, 10, 0);
+    put16(truncated, 10, reference_checksum(truncated.data(), 20));
+    EXPECT_FALSE(run(Direction::Inbound, truncated).accept);
+    EXPECT_EQ(counters.get(DropReason::gre_not_version_1), 1u);
+    EXPECT_EQ(counters.get(DropReason::gre_checksum_present), 1u);
+    EXPECT_EQ(counters.get(DropReason::gre_not_ppp), 1u);
+    EXPECT_EQ(counters.get(DropReason::gre_bad_payload_length), 1u);
+}
+
+TEST_F(PacketHandlerTest, ClearRequestAndDisconnectNotifyEndTheCall) {
+    Flow a{kClient1, 40000};
+    Flow b{kClient2, 40000};
+    open(a);
+    open(b);
+    call(a, 7, 300);
+    const std::uint16_t pb = call(b, 7, 301);
+    const Bytes clear = out(b, ccrq(7));
+    EXPECT_EQ(get16(clear, 12), pb);  // the server must see the public ID
+    EXPECT_TRUE(gre_in(kServer, kPublic, pb).accept);  // still clearing
+    const Bytes disc = in(b, cdn(301));
+    EXPECT_EQ(get16(disc, 12), 301);  // the PAC's own ID: unchanged
+    EXPECT_FALSE(gre_in(kServer, kPublic, pb).accept);
+    EXPECT_EQ(counters.get(EventCounter::calls_torn_down), 1u);
+    EXPECT_TRUE(gre_in(kServer, kPublic, 7).accept);  // the other call is intact
+}
+
+TEST_F(PacketHandlerTest, StopControlConnectionEndsAllItsCalls) {
+    Flow f{kClient1, 40000};
+    open(f);
+    const std::uint16_t p1 = call(f, 1, 300);
+    const std::uint16_t p2 = call(f, 2, 301);
+    EXPECT_NE(p1, p2);
+    EXPECT_EQ(table->call_count(), 2u);
+    out(f, stop_request());
+    in(f, stop_reply());
+    EXPECT_EQ(table->call_count(), 0u);
+    EXPECT_FALSE(gre_in(kServer, kPublic, p1).accept);
+}
+
+TEST_F(PacketHandlerTest, TcpFinAndResetEndCalls) {
+    Flow a{kClient1, 40000};
+    Flow b{kClient2, 40001};
+    open(a);
+    open(b);
+    call(a, 1, 300);
+    call(b, 1, 301);
+    out(a, {}, nullptr, ACK | FIN);
+    in(b, {}, nullptr, RST);
+    EXPECT_EQ(table->call_count(), 0u);
+}
+
+TEST_F(PacketHandlerTest, SeveralMessagesInOneSegment) {
+    Flow a{kClient1, 40000};
+    Flow b{kClient2, 40000};
+    open(a);
+    call(a, 7, 300);
+    Bytes syn = tcp_packet(b.client, b.server, b.port, 1723, b.out_seq - 1, SYN, {});
+    run(Direction::Outbound, syn);
+    Bytes synack = tcp_packet(b.server, b.client, 1723, b.port, b.in_seq - 1, SYN | ACK, {});
+    run(Direction::Inbound, synack);
+    const Bytes sent = out(b, concat({sccrq(), ocrq(7), echo_request(1)}));
+    ASSERT_EQ(sent.size(), 156u + 168u + 16u);
+    const std::uint16_t pb = get16(sent, 156 + 12);
+    EXPECT_NE(pb, 7);
+    EXPECT_EQ(Bytes(sent.begin(), sent.begin() + 156), sccrq());
+    const Bytes got = in(b, concat({sccrp(), ocrp(301, pb), echo_reply(1)}));
+    EXPECT_EQ(get16(got, 156 + 14), 7);
+    Bytes g;
+    ASSERT_TRUE(gre_in(kServer, kPublic, pb, &g).accept);
+    EXPECT_EQ(get32(g, 16), kClient2);
+}
+
+TEST_F(PacketHandlerTest, MessageCutAcrossSegmentsOutsideTheCallIdField) {
+    Flow a{kClient1, 40000};
+    Flow b{kClient2, 40000};
+    open(a);
+    open(b);
+    call(a, 7, 300);
+    const Bytes msg = ocrq(7);
+    Verdict v;
+    out(b, Bytes(msg.begin(), msg.begin() + 5), &v);
+    ASSERT_TRUE(v.accept);
+    const Bytes second = out(b, Bytes(msg.begin() + 5, msg.begin() + 14), &v);
+    ASSERT_TRUE(v.accept);
+    const std::uint16_t pb = get16(second, 12 - 5);
+    EXPECT_NE(pb, 7);
+    out(b, Bytes(msg.begin() + 14, msg.end()), &v);
+    ASSERT_TRUE(v.accept);
+    const Bytes got = in(b, ocrp(301, pb));
+    EXPECT_EQ(get16(got, 14), 7);
+}
+
+TEST_F(PacketHandlerTest, SegmentEndingInsideACallIdFieldIsHeldBackUntilResent) {
+    Flow f{kClient1, 40000};
+    open(f);
+    const Bytes msg = ocrq(7);
+    Verdict v;
+    out(f, Bytes(msg.begin(), msg.begin() + 13), &v);
+    EXPECT_FALSE(v.accept);
+    EXPECT_EQ(v.reason, DropReason::control_split_call_id_field);
+    EXPECT_EQ(table->call_count(), 0u);
+    // TCP resends; a resend that carries the whole field goes through.
+    const Bytes sent = out(f, msg, &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(get16(sent, 12), 7);
+    EXPECT_EQ(table->call_count(), 1u);
+}
+
+TEST_F(PacketHandlerTest, RetransmissionIsRewrittenIdentically) {
+    Flow a{kClient1, 40000};
+    Flow b{kClient2, 40000};
+    open(a);
+    open(b);
+    call(a, 7, 300);
+    const std::uint32_t seq = b.out_seq;
+    const Bytes first = out(b, ocrq(7));
+    Bytes again = tcp_packet(b.client, b.server, b.port, 1723, seq, ACK | PSH, ocrq(7));
+    const Verdict v = run(Direction::Outbound, again);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(tcp_payload(again), first);
+    // A retransmission re-cut differently (starting mid-message) too.
+    const Bytes msg = ocrq(7);
+    Bytes tail = tcp_packet(b.client, b.server, b.port, 1723, seq + 10, ACK | PSH, Bytes(msg.begin() + 10, msg.end()));
+    EXPECT_TRUE(run(Direction::Outbound, tail).accept);
+    EXPECT_EQ(tcp_payload(tail), Bytes(first.begin() + 10, first.end()));
+    EXPECT_EQ(table->call_count(), 2u);
+}
+
+TEST_F(PacketHandlerTest, OutOfOrderSegmentIsDropped) {
+    Flow f{kClient1, 40000};
+    open(f);
+    Bytes ahead = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq + 16, ACK | PSH, ocrq(7));
+    const Verdict v = run(Direction::Outbound, ahead);
+    EXPECT_FALSE(v.accept);
+    EXPECT_EQ(v.reason, DropReason::control_out_of_order_segment);
+}
+
+TEST_F(PacketHandlerTest, PeerCallIdOfAnotherConnectionIsRefused) {
+    Flow a{kClient1, 40000};
+    Flow b{kClient2, 40000};
+    open(a);
+    open(b);
+    const std::uint16_t pa = call(a, 7, 300);
+    Verdict v;
+    in(b, wen(pa), &v);  // names a's call on b's connection
+    EXPECT_FALSE(v.accept);
+    EXPECT_EQ(v.reason, DropReason::control_unknown_call_id);
+}
+
+TEST_F(PacketHandlerTest, BadMagicIsDroppedAndCounted) {
+    Flow f{kClient1, 40000};
+    open(f);
+    Bytes bad = ocrq(7);
+    put32(bad, 4, 0xDEADBEEF);
+    Verdict v;
+    out(f, bad, &v);
+    EXPECT_FALSE(v.accept);
+    EXPECT_EQ(counters.get(DropReason::control_bad_magic_cookie), 1u);
+}
+
+TEST_F(PacketHandlerTest, IncomingCallTranslatesEveryField) {
+    Flow f{kClient1, 40000};
+    Flow g{kClient2, 40000};
+    open(f);
+    open(g);
+    call(g, 9, 400);  // takes public ID 9
+    const Bytes req = in(f, icrq(500));
+    EXPECT_EQ(get16(req, 12), 500);
+    const Bytes reply = out(f, icrp(9, 500));
+    const std::uint16_t public_id = get16(reply, 12);
+    EXPECT_NE(public_id, 9);
+    EXPECT_EQ(get16(reply, 14), 500);
+    const Bytes connected = in(f, iccn(public_id));
+    EXPECT_EQ(get16(connected, 12), 9);
+    const Bytes link = out(f, sli(500));
+    EXPECT_EQ(get16(link, 12), 500);  // the PAC's ID: unchanged
+    const Bytes error = in(f, wen(public_id));
+    EXPECT_EQ(get16(error, 12), 9);
+    Bytes pkt;
+    ASSERT_TRUE(gre_in(kServer, kPublic, public_id, &pkt).accept);
+    EXPECT_EQ(get16(pkt, 26), 9);
+    EXPECT_EQ(get32(pkt, 16), kClient1);
+    ASSERT_TRUE(gre_out(kClient1, kServer, 500).accept);
+}
+
+TEST_F(PacketHandlerTest, RejectedCallIsRemoved) {
+    Flow f{kClient1, 40000};
+    open(f);
+    const Bytes sent = out(f, ocrq(7));
+    in(f, ocrp(300, get16(sent, 12), 3 /* busy */));
+    EXPECT_EQ(table->call_count(), 0u);
+    EXPECT_FALSE(gre_in(kServer, kPublic, 7).accept);
+}
+
+TEST_F(PacketHandlerTest, FragmentsAreDropped) {
+    Bytes p = gre_packet(kServer, kPublic, 7, Bytes(8, 0));
+    p[6] = 0x20;
+    put16(p, 10, 0);
+    put16(p, 10, reference_checksum(p.data(), 20));
+    EXPECT_FALSE(run(Direction::Inbound, p).accept);
+    EXPECT_EQ(counters.get(DropReason::ip_fragment), 1u);
+}
+
+TEST_F(PacketHandlerTest, TransitAndOtherPortsAreLeftAlone) {
+    Bytes p = tcp_packet(kClient1, kServer, 40000, 1723, 1, ACK | PSH, ocrq(7));
+    EXPECT_TRUE(run(Direction::Transit, p).accept);
+    Bytes other = tcp_packet(kClient1, kServer, 40000, 1724, 1, ACK | PSH, ocrq(7));
+    const Verdict v = run(Direction::Outbound, other);
+    EXPECT_TRUE(v.accept);
+    EXPECT_FALSE(v.modified);
+    handler->enable_port(1724);
+    Bytes now = tcp_packet(kClient1, kServer, 40000, 1724, 1, ACK | PSH, ocrq(7));
+    EXPECT_TRUE(run(Direction::Outbound, now).accept);
+    EXPECT_EQ(table->call_count(), 1u);  // picked up mid-stream on the new port
+}
+
+TEST_F(PacketHandlerTest, StreamPickedUpAfterRestart) {
+    Flow f{kClient1, 40000};
+    // No SYN seen: the agent started while the connection was up.
+    const Bytes sent = out(f, ocrq(7));
+    EXPECT_EQ(get16(sent, 12), 7);
+    const Bytes got = in(f, ocrp(300, 7));
+    EXPECT_EQ(get16(got, 14), 7);
+    EXPECT_TRUE(gre_in(kServer, kPublic, 7).accept);
+}
+
+class SmallIdSpaceTest : public PacketHandlerTest {
+protected:
+    static TableConfig one_id() {
+        TableConfig c;
+        c.call_id_min = 40;
+        c.call_id_max = 40;
+        return c;
+    }
+    SmallIdSpaceTest() : PacketHandlerTest(one_id()) {}
+};
+
+TEST_F(SmallIdSpaceTest, ExhaustionRefusesTheNewCallAndKeepsTheOld) {
+    Flow a{kClient1, 40000};
+    Flow b{kClient2, 40000};
+    open(a);
+    open(b);
+    EXPECT_EQ(call(a, 7, 300), 40);
+    Verdict v;
+    out(b, ocrq(7), &v);
+    EXPECT_FALSE(v.accept);
+    EXPECT_EQ(counters.get(DropReason::call_id_space_exhausted), 1u);
+    EXPECT_TRUE(gre_in(kServer, kPublic, 40).accept);
+}
+
+}  // namespace
