@@ -106,6 +106,17 @@ Agent::Agent(const daemon_options::Options& options) : options_(options) {
     queue_config.max_burst = options_.burst;
     queue_ = std::make_unique<nfq::Queue>(queue_config);
 
+    api_ = std::make_unique<control::ApiContext>(control::ApiContext{*table_, counters_, *handler_, [this] {
+        const nfq::QueueStats& q = queue_->stats();
+        return nlohmann::json{{"received", q.received},
+                              {"verdicts_sent", q.verdicts_sent},
+                              {"batches_sent", q.batches_sent},
+                              {"receive_overruns", q.receive_overruns},
+                              {"send_errors", q.send_errors}};
+    }});
+    control_ = std::make_unique<control::Server>(
+        options_.control_socket, [this](const nlohmann::json& request) { return control::handle_request(request, *api_); });
+
     std::ostringstream ports;
     for (std::size_t i = 0; i < options_.fixup_ports.size(); ++i) {
         ports << (i == 0 ? "" : ",") << options_.fixup_ports[i];
@@ -113,7 +124,8 @@ Agent::Agent(const daemon_options::Options& options) : options_(options) {
     logging::write(logging::Level::Notice, "",
                    "pptp-fixupd " PPTP_FIXUP_VERSION " started: queue " + std::to_string(options_.queue) +
                        ", outside " + options_.outside_interface + " (public address " +
-                       pptp::format_ipv4(table_config.public_address) + "), fixup ports " + ports.str());
+                       pptp::format_ipv4(table_config.public_address) + "), fixup ports " + ports.str() +
+                       ", control socket " + options_.control_socket);
 }
 
 Agent::~Agent() {
@@ -149,9 +161,11 @@ void Agent::log_table() const {
 }
 
 int Agent::run() {
-    std::array<pollfd, 3> fds{{{queue_->fd(), POLLIN, 0}, {signal_fd_, POLLIN, 0}, {timer_fd_, POLLIN, 0}}};
+    std::vector<pollfd> fds;
     bool running = true;
     while (running) {
+        fds.assign({{queue_->fd(), POLLIN, 0}, {signal_fd_, POLLIN, 0}, {timer_fd_, POLLIN, 0}});
+        control_->add_poll_fds(fds);
         if (poll(fds.data(), fds.size(), -1) < 0) {
             if (errno == EINTR) {
                 continue;
@@ -167,6 +181,7 @@ int Agent::run() {
             [[maybe_unused]] auto n = read(timer_fd_, &expirations, sizeof(expirations));
             table_->expire();
         }
+        control_->handle(fds, 3);
         if ((fds[1].revents & POLLIN) != 0) {
             signalfd_siginfo info{};
             while (read(signal_fd_, &info, sizeof(info)) == static_cast<ssize_t>(sizeof(info))) {
@@ -180,6 +195,7 @@ int Agent::run() {
     }
     logging::write(logging::Level::Notice, "", "shutting down");
     table_->clear_all(nat::TeardownReason::Shutdown);
+    control_.reset();
     queue_.reset();
     return 0;
 }

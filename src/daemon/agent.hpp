@@ -6,6 +6,8 @@
 #include <memory>
 
 #include "common/log.hpp"
+#include "control/api.hpp"
+#include "control/server.hpp"
 #include "daemon/options.hpp"
 #include "nat/call_table.hpp"
 #include "nat/clock.hpp"
@@ -51,6 +53,8 @@ private:
     std::unique_ptr<nat::CallTable> table_;
     std::unique_ptr<nat::PacketHandler> handler_;
     std::unique_ptr<nfq::Queue> queue_;
+    std::unique_ptr<control::ApiContext> api_;
+    std::unique_ptr<control::Server> control_;
     int signal_fd_ = -1;
     int timer_fd_ = -1;
 };

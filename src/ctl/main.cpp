@@ -1,0 +1,218 @@
+// pptp-fixupctl: asks a running pptp-fixupd over its control socket and
+// prints the answer as a table for people or as JSON for scripts.
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <boost/program_options.hpp>
+#include <cerrno>
+#include <cstring>
+#include <iomanip>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace po = boost::program_options;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kDefaultSocket = "/run/pptp-fixup/pptp-fixupd.sock";
+
+constexpr const char* kHelp = R"(pptp-fixupctl - audit and control a running pptp-fixupd
+
+SYNOPSIS
+  pptp-fixupctl [--socket PATH] [--json] COMMAND [ARGS]
+
+COMMANDS
+  sessions [--inside ADDR] [--outside ADDR]
+      one row per live PPTP call: inside peer and its Call ID, the public
+      address and the Call ID the outside peer sees on the wire, the outside
+      peer and its Call ID, state, age, idle time, packets and bytes in
+      (toward the inside peer) and out.
+  connections
+      control connections (TCP) with their state and number of calls.
+  stats
+      counters: packets seen, accepted, rewritten, dropped by reason, calls
+      built and torn down, queue statistics.
+
+OPTIONS)";
+
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+json ask(const std::string& path, const json& request) {
+    const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
+    }
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.size() >= sizeof(addr.sun_path)) {
+        close(fd);
+        throw std::runtime_error("socket path too long: " + path);
+    }
+    std::memcpy(addr.sun_path, path.c_str(), path.size());
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) < 0) {
+        const std::string reason = std::strerror(errno);
+        close(fd);
+        throw std::runtime_error("cannot connect to " + path + ": " + reason + " (is pptp-fixupd running?)");
+    }
+    timeval timeout{5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    const std::string line = request.dump() + "\n";
+    if (send(fd, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) {
+        close(fd);
+        throw std::runtime_error("cannot send request to " + path);
+    }
+    std::string reply;
+    char buffer[4096];
+    for (;;) {
+        const ssize_t n = read(fd, buffer, sizeof(buffer));
+        if (n <= 0) {
+            break;
+        }
+        reply.append(buffer, static_cast<std::size_t>(n));
+    }
+    close(fd);
+    if (reply.empty()) {
+        throw std::runtime_error("no answer from " + path);
+    }
+    return json::parse(reply);
+}
+
+std::string duration(double seconds) {
+    const auto s = static_cast<long long>(seconds);
+    std::ostringstream out;
+    out << s / 3600 << ':' << std::setw(2) << std::setfill('0') << (s / 60) % 60 << ':' << std::setw(2) << s % 60;
+    return out.str();
+}
+
+void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
+    std::vector<std::size_t> width(header.size());
+    for (std::size_t i = 0; i < header.size(); ++i) width[i] = header[i].size();
+    for (const auto& row : rows)
+        for (std::size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+    auto print_row = [&](const std::vector<std::string>& row) {
+        for (std::size_t i = 0; i < row.size(); ++i) {
+            std::cout << std::left << std::setw(static_cast<int>(width[i])) << row[i]
+                      << (i + 1 == row.size() ? "\n" : "  ");
+        }
+    };
+    print_row(header);
+    for (const auto& row : rows) print_row(row);
+}
+
+std::string str(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+void print_sessions(const json& reply) {
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& s : reply["sessions"]) {
+        rows.push_back({str(s["id"]), str(s["inside_address"]), str(s["inside_call_id"]), str(s["public_address"]),
+                        str(s["public_call_id"]), str(s["outside_address"]), str(s["outside_call_id"]),
+                        str(s["state"]), duration(s["age_seconds"].get<double>()),
+                        duration(s["idle_seconds"].get<double>()), str(s["packets_in"]), str(s["packets_out"]),
+                        str(s["bytes_in"]), str(s["bytes_out"])});
+    }
+    print_table({"ID", "INSIDE", "CALL-ID", "PUBLIC", "CALL-ID", "OUTSIDE", "CALL-ID", "STATE", "AGE", "IDLE",
+                 "PKTS-IN", "PKTS-OUT", "BYTES-IN", "BYTES-OUT"},
+                rows);
+    std::cout << rows.size() << " session(s)\n";
+}
+
+void print_connections(const json& reply) {
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& c : reply["connections"]) {
+        rows.push_back({str(c["id"]), str(c["inside_address"]) + ":" + str(c["inside_port"]),
+                        str(c["outside_address"]) + ":" + str(c["outside_port"]), str(c["state"]), str(c["calls"]),
+                        str(c["messages"]), duration(c["age_seconds"].get<double>()),
+                        duration(c["idle_seconds"].get<double>())});
+    }
+    print_table({"ID", "INSIDE", "OUTSIDE", "STATE", "CALLS", "MESSAGES", "AGE", "IDLE"}, rows);
+    std::cout << rows.size() << " connection(s)\n";
+}
+
+void print_stats(const json& reply) {
+    std::cout << "live calls " << reply["live_calls"] << ", live control connections " << reply["live_connections"]
+              << "\n\ncounters\n";
+    for (const auto& [name, value] : reply["counters"].items()) {
+        std::cout << "  " << std::left << std::setw(34) << name << value << '\n';
+    }
+    std::cout << "\ndropped (non-zero)\n";
+    for (const auto& [name, value] : reply["dropped"].items()) {
+        if (value.get<std::uint64_t>() != 0) {
+            std::cout << "  " << std::left << std::setw(34) << name << value << '\n';
+        }
+    }
+    if (reply.contains("queue")) {
+        std::cout << "\nqueue\n";
+        for (const auto& [name, value] : reply["queue"].items()) {
+            std::cout << "  " << std::left << std::setw(34) << name << value << '\n';
+        }
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string socket_path;
+    bool as_json = false;
+    std::string command;
+    std::vector<std::string> rest;
+    po::options_description visible;
+    visible.add_options()
+        ("help,h", "print this help and exit")
+        ("socket,s", po::value<std::string>(&socket_path)->default_value(kDefaultSocket), "control socket of pptp-fixupd")
+        ("json,j", po::bool_switch(&as_json), "print the daemon's JSON answer instead of a table");
+    po::options_description hidden;
+    hidden.add_options()
+        ("command", po::value<std::string>(&command))
+        ("args", po::value<std::vector<std::string>>(&rest));
+    po::options_description all;
+    all.add(visible).add(hidden);
+    po::positional_options_description positional;
+    positional.add("command", 1).add("args", -1);
+    try {
+        po::variables_map vm;
+        po::store(po::command_line_parser(argc, argv).options(all).positional(positional).allow_unregistered().run(), vm);
+        po::notify(vm);
+        if (vm.count("help") != 0U || command.empty()) {
+            std::cout << kHelp << '\n' << visible << '\n';
+            return command.empty() && vm.count("help") == 0U ? 1 : 0;
+        }
+        json request{{"command", command}};
+        if (command == "sessions") {
+            for (std::size_t i = 0; i < rest.size(); ++i) {
+                if ((rest[i] == "--inside" || rest[i] == "--outside") && i + 1 < rest.size()) {
+                    request[rest[i].substr(2)] = rest[i + 1];
+                    ++i;
+                } else {
+                    throw UsageError("unknown argument to sessions: " + rest[i]);
+                }
+            }
+        } else if (command != "connections" && command != "stats") {
+            throw UsageError("unknown command '" + command + "' (see --help)");
+        } else if (!rest.empty()) {
+            throw UsageError("'" + command + "' takes no arguments");
+        }
+        const json reply = ask(socket_path, request);
+        if (as_json) {
+            std::cout << reply.dump(2) << '\n';
+        } else if (!reply.value("ok", false)) {
+            std::cerr << "pptp-fixupctl: " << reply.value("error", std::string("request failed")) << '\n';
+        } else if (command == "sessions") {
+            print_sessions(reply);
+        } else if (command == "connections") {
+            print_connections(reply);
+        } else {
+            print_stats(reply);
+        }
+        return reply.value("ok", false) ? 0 : 1;
+    } catch (const std::exception& e) {
+        std::cerr << "pptp-fixupctl: " << e.what() << '\n';
+        return 1;
+    }
+}

@@ -1,0 +1,156 @@
+#!/usr/bin/python3
+"""pptp-fixupd with real peers (run as root).
+
+Router namespace: the user's own FORWARD policy DROP + MASQUERADE, the
+project's rules (pptp-fixup-rules) and pptp-fixupd; no kernel PPTP helper.
+
+- three real `pptp` clients to one real `pptpd` at once: every frame echoed,
+  calls held open and used again; the agent lists exactly those calls, and
+  the public Call IDs it reports are the ones the server sees on the wire;
+- two synthetic clients choosing the same Call ID both work, with distinct
+  public Call IDs;
+- GRE for no call, or from the wrong outside peer, never reaches a client;
+- with the agent stopped (fail-closed queue) a new client fails.
+"""
+
+import os
+import re
+import sys
+import time
+import unittest
+
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, TESTS)
+
+from lab.agent import agent_hooks  # noqa: E402
+from lab.netns import Lab  # noqa: E402
+from lab.pptp_client import RealClient, run_real_client  # noqa: E402
+from lab.synthetic_pns import collect_synthetic, spawn_synthetic  # noqa: E402
+
+
+def log(*a):
+    print("    [agent-test]", *a, flush=True)
+
+
+def gre_keys_in_pcap(lab, path, src):
+    """Call IDs (GRE keys) of GRE packets from `src` in a capture; tcpdump
+    decodes enhanced GRE as "GREv1, call N"."""
+    text = lab.read_pcap(path, ["ip", "proto", "47", "and", "src", src])
+    return {int(m) for m in re.findall(r"GREv1, call (\d+)", text)}
+
+
+class AgentWithRealPeers(unittest.TestCase):
+
+    def test_three_real_clients_through_one_address(self):
+        with Lab(clients=3, mode="agent", **agent_hooks()) as lab:
+            rules = lab.router_exec(["iptables-save"]).stdout
+            self.assertNotIn("--helper", rules, "no kernel helper may be attached")
+            self.assertIn("PPTP_FIXUP", rules)
+            lab.start_pptpd()
+            cap, pcap = lab.capture("server", bpf=["ip", "proto", "47"])
+            clients = [RealClient(lab, i) for i in (1, 2, 3)]
+            try:
+                for c in clients:
+                    c.start()
+                for c in clients:
+                    self.assertTrue(c.wait_server_frame(8), "client %d got no frame from the server" % c.index)
+                for c in clients:
+                    self.assertEqual(c.exchange(5), 5, "client %d" % c.index)
+
+                sessions = lab.agent.sessions()
+                log("sessions:", [(s["inside_address"], s["inside_call_id"], s["public_call_id"],
+                                   s["outside_call_id"]) for s in sessions])
+                self.assertEqual(sorted(s["inside_address"] for s in sessions),
+                                 ["198.18.0.11", "198.18.0.12", "198.18.0.13"])
+                for s in sessions:
+                    self.assertEqual(s["public_address"], "203.0.113.1")
+                    self.assertEqual(s["outside_address"], "203.0.113.10")
+                    self.assertEqual(s["state"], "established")
+                    self.assertGreaterEqual(s["packets_in"], 6)   # LCP + 5 echoes
+                    self.assertGreaterEqual(s["packets_out"], 5)
+                public_ids = {s["public_call_id"] for s in sessions}
+                self.assertEqual(len(public_ids), 3)
+
+                time.sleep(1.0)   # calls stay up
+                for c in clients:
+                    self.assertEqual(c.exchange(5), 5, "client %d, second round" % c.index)
+            finally:
+                results = [c.stop() for c in clients]
+            lab.stop_process(cap)
+            # The server addressed its GRE to the public Call IDs the agent reported.
+            seen = gre_keys_in_pcap(lab, pcap, "203.0.113.10")
+            log("GRE keys sent by the server:", sorted(seen))
+            self.assertEqual(seen, public_ids)
+            # And every GRE packet it received came from the public address.
+            inbound = lab.read_pcap(pcap, ["ip", "proto", "47", "and", "dst", "203.0.113.10"])
+            self.assertTrue(inbound.strip())
+            for line in inbound.strip().splitlines():
+                self.assertIn("203.0.113.1 > 203.0.113.10", line)
+            for r in results:
+                self.assertEqual(r.frames_echoed, 10, r)
+            stats = lab.agent.stats()
+            self.assertEqual(stats["counters"]["calls_built"], 3)
+            self.assertEqual(stats["dropped"]["gre_no_matching_call"], 0)
+            self.assertEqual(lab.agent.stop(), 0, lab.agent.output())
+            log(lab.agent.output())
+            self.assertIn("302018", lab.agent.output())
+
+    def test_two_clients_with_the_same_call_id(self):
+        with Lab(clients=2, mode="agent", **agent_hooks()) as lab:
+            lab.start_pptpd()
+            procs = [spawn_synthetic(lab, i, call_id=7, frames=5, extra=["--hold", "1.5"]) for i in (1, 2)]
+            time.sleep(1.0)
+            sessions = lab.agent.sessions()
+            results = [collect_synthetic(lab, p) for p in procs]
+            log("synthetic:", results)
+            for r in results:
+                self.assertEqual(r["returncode"], 0, r)
+                self.assertEqual(r["frames_echoed"], 5, r)
+            self.assertEqual([s["inside_call_id"] for s in sessions], [7, 7], sessions)
+            self.assertEqual(len({s["public_call_id"] for s in sessions}), 2, sessions)
+
+    def test_unknown_gre_is_dropped_and_counted(self):
+        with Lab(clients=1, mode="agent", **agent_hooks()) as lab:
+            lab.start_pptpd()
+            client = RealClient(lab, 1)
+            client.start()
+            try:
+                self.assertTrue(client.wait_server_frame(8))
+                self.assertEqual(client.exchange(3), 3)
+                live = lab.agent.sessions()[0]
+                cap, pcap = lab.capture("client1", bpf=["ip", "proto", "47"])
+                # From the server: GRE with Call IDs of no call.
+                junk_ids = [i for i in range(1, 40) if i != live["public_call_id"]]
+                send_gre(lab, "server", "203.0.113.1", junk_ids)
+                time.sleep(0.3)
+                self.assertEqual(client.exchange(3), 3, "the real call survives")
+                lab.stop_process(cap)
+                got = gre_keys_in_pcap(lab, pcap, "203.0.113.10")
+                self.assertEqual(got, {live["inside_call_id"]}, "only the real call's GRE reached the client")
+                stats = lab.agent.stats()
+                self.assertGreaterEqual(stats["dropped"]["gre_no_matching_call"], len(junk_ids))
+            finally:
+                client.stop()
+
+    def test_new_client_fails_while_agent_is_stopped(self):
+        with Lab(clients=1, mode="agent", **agent_hooks()) as lab:
+            lab.start_pptpd()
+            self.assertEqual(lab.agent.stop(), 0)
+            r = run_real_client(lab, 1, frames=3, timeout=4)
+            log("without agent:", r)
+            self.assertEqual(r.frames_echoed, 0)
+
+
+def send_gre(lab, role, dst, call_ids):
+    """Sends one enhanced GRE packet per Call ID from a namespace."""
+    script = (
+        "import socket,struct,sys\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_RAW,47)\n"
+        "for cid in map(int,sys.argv[2:]):\n"
+        "    p=b'\\xff\\x03\\xc0\\x21junk'\n"
+        "    s.sendto(struct.pack('!HHHHI',0x3001,0x880B,len(p),cid,1)+p,(sys.argv[1],0))\n")
+    lab.exec(role, ["/usr/bin/python3", "-c", script, dst] + [str(c) for c in call_ids])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
