@@ -1,6 +1,8 @@
 #include "control/api.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <vector>
 
 #include "pptp/inet.hpp"
 
@@ -28,20 +30,28 @@ nlohmann::json sessions(const nlohmann::json& request, ApiContext& ctx) {
         (std::string(key) == "inside" ? inside : outside) = address;
     }
     const nat::Instant now = ctx.table.now();
-    nlohmann::json list = nlohmann::json::array();
+    std::vector<const nat::Call*> calls;
     ctx.table.for_each_call([&](const nat::Call& call) {
-        if ((inside && call.inside_address != *inside) || (outside && call.outside_address != *outside)) {
-            return;
+        if ((!inside || call.inside_address == *inside) && (!outside || call.outside_address == *outside)) {
+            calls.push_back(&call);
         }
-        list.push_back(session_json(call, now));
     });
+    std::sort(calls.begin(), calls.end(), [](const nat::Call* a, const nat::Call* b) { return a->id < b->id; });
+    nlohmann::json list = nlohmann::json::array();
+    for (const nat::Call* call : calls) {
+        list.push_back(session_json(*call, now));
+    }
     return {{"ok", true}, {"sessions", list}};
 }
 
 nlohmann::json connections(ApiContext& ctx) {
     const nat::Instant now = ctx.table.now();
+    std::vector<const nat::ControlConnection*> conns;
+    ctx.table.for_each_connection([&](const nat::ControlConnection& conn) { conns.push_back(&conn); });
+    std::sort(conns.begin(), conns.end(), [](auto* a, auto* b) { return a->id < b->id; });
     nlohmann::json list = nlohmann::json::array();
-    ctx.table.for_each_connection([&](const nat::ControlConnection& conn) {
+    for (const nat::ControlConnection* c : conns) {
+        const nat::ControlConnection& conn = *c;
         list.push_back({{"id", conn.id},
                         {"inside_address", pptp::format_ipv4(conn.key.inside_address)},
                         {"inside_port", conn.key.inside_port},
@@ -52,7 +62,7 @@ nlohmann::json connections(ApiContext& ctx) {
                         {"messages", conn.messages},
                         {"age_seconds", seconds_since(conn.created, now)},
                         {"idle_seconds", seconds_since(conn.last_activity, now)}});
-    });
+    }
     return {{"ok", true}, {"connections", list}};
 }
 
