@@ -47,8 +47,16 @@ Server::Server(std::string path, RequestHandler handler) : path_(std::move(path)
     }
     addr.sun_family = AF_UNIX;
     std::memcpy(addr.sun_path, path_.c_str(), path_.size());
-    // A stale socket from a crashed run would make bind fail; a live daemon
-    // on the same path is caught earlier by its queue being busy.
+    // A live daemon on the path keeps it; a stale socket from a crashed run
+    // (nobody accepts) is replaced.
+    if (const int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0); probe >= 0) {
+        const bool in_use = connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+        close(probe);
+        if (in_use) {
+            close(listen_fd_);
+            throw ServerError("control socket " + path_ + " is in use by another process (another pptp-fixupd?)");
+        }
+    }
     unlink(path_.c_str());
     const mode_t old_mask = umask(0177);  // socket born 0600: root only
     const int rc = bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));

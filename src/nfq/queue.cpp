@@ -6,6 +6,7 @@
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_queue.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -74,10 +75,13 @@ void Queue::send_config_and_wait_ack(std::vector<char>& buffer, const char* what
     if (mnl_cb_run(receive_buffer_.data(), static_cast<size_t>(n), seq, port_id_, nullptr, nullptr) < 0) {
         const int err = errno;
         std::string reason = errno_text(err);
-        if (err == EBUSY) {
-            reason = "queue " + std::to_string(config_.queue_number) + " is already bound by another process";
+        // The kernel answers EPERM both to a process without CAP_NET_ADMIN and
+        // to a second process binding a queue that is in use.
+        if (err == EBUSY || (err == EPERM && geteuid() == 0)) {
+            reason = "queue " + std::to_string(config_.queue_number) +
+                     " is already bound by another process (another pptp-fixupd?)";
         } else if (err == EPERM) {
-            reason = "permission denied (needs CAP_NET_ADMIN)";
+            reason = "permission denied: needs CAP_NET_ADMIN, or the queue is bound by another process";
         }
         throw QueueError(std::string("cannot ") + what + ": " + reason);
     }
