@@ -29,8 +29,12 @@ bool to_journal() {
 }
 }  // namespace
 
-void set_level(Level level) noexcept { g_level = level; }
-Level level() noexcept { return g_level; }
+void set_level(Level level) noexcept {
+    g_level = level;
+}
+Level level() noexcept {
+    return g_level;
+}
 
 bool parse_level(std::string_view text, Level& out) noexcept {
     for (Level l : {Level::Error, Level::Warning, Level::Notice, Level::Info, Level::Debug}) {
@@ -57,7 +61,7 @@ void write(Level level, std::string_view id, std::string_view message) {
         const std::time_t t = std::time(nullptr);
         std::tm tm{};
         gmtime_r(&t, &tm);
-        std::strftime(stamp.data(), stamp.size(), "%Y-%m-%dT%H:%M:%SZ ", &tm);
+        (void)std::strftime(stamp.data(), stamp.size(), "%Y-%m-%dT%H:%M:%SZ ", &tm);
         line += stamp.data();
         line += level_name(level);
         line += ' ';

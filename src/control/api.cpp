@@ -13,7 +13,9 @@ double seconds_since(nat::Instant then, nat::Instant now) {
     return std::chrono::duration<double>(now - then).count();
 }
 
-nlohmann::json error(const std::string& text) { return {{"ok", false}, {"error", text}}; }
+nlohmann::json error(const std::string& text) {
+    return {{"ok", false}, {"error", text}};
+}
 
 nlohmann::json sessions(const nlohmann::json& request, ApiContext& ctx) {
     std::optional<std::uint32_t> inside;

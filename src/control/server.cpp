@@ -145,7 +145,8 @@ void Server::read_client(Client& c) {
             return;
         }
         if (c.input.size() > kMaxRequestBytes) {
-            c.output = R"({"ok":false,"error":"request too long"})" "\n";
+            c.output = R"({"ok":false,"error":"request too long"})"
+                       "\n";
             c.input.clear();
             write_client(c);
             return;

@@ -93,9 +93,14 @@ std::string duration(double seconds) {
 
 void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
     std::vector<std::size_t> width(header.size());
-    for (std::size_t i = 0; i < header.size(); ++i) width[i] = header[i].size();
-    for (const auto& row : rows)
-        for (std::size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+    for (std::size_t i = 0; i < header.size(); ++i) {
+        width[i] = header[i].size();
+    }
+    for (const auto& row : rows) {
+        for (std::size_t i = 0; i < row.size(); ++i) {
+            width[i] = std::max(width[i], row[i].size());
+        }
+    }
     auto print_row = [&](const std::vector<std::string>& row) {
         for (std::size_t i = 0; i < row.size(); ++i) {
             std::cout << std::left << std::setw(static_cast<int>(width[i])) << row[i]
@@ -103,19 +108,22 @@ void print_table(const std::vector<std::string>& header, const std::vector<std::
         }
     };
     print_row(header);
-    for (const auto& row : rows) print_row(row);
+    for (const auto& row : rows) {
+        print_row(row);
+    }
 }
 
-std::string str(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+std::string str(const json& v) {
+    return v.is_string() ? v.get<std::string>() : v.dump();
+}
 
 void print_sessions(const json& reply) {
     std::vector<std::vector<std::string>> rows;
     for (const auto& s : reply["sessions"]) {
         rows.push_back({str(s["id"]), str(s["inside_address"]), str(s["inside_call_id"]), str(s["public_address"]),
-                        str(s["public_call_id"]), str(s["outside_address"]), str(s["outside_call_id"]),
-                        str(s["state"]), duration(s["age_seconds"].get<double>()),
-                        duration(s["idle_seconds"].get<double>()), str(s["packets_in"]), str(s["packets_out"]),
-                        str(s["bytes_in"]), str(s["bytes_out"])});
+                        str(s["public_call_id"]), str(s["outside_address"]), str(s["outside_call_id"]), str(s["state"]),
+                        duration(s["age_seconds"].get<double>()), duration(s["idle_seconds"].get<double>()),
+                        str(s["packets_in"]), str(s["packets_out"]), str(s["bytes_in"]), str(s["bytes_out"])});
     }
     print_table({"ID", "INSIDE", "CALL-ID", "PUBLIC", "CALL-ID", "OUTSIDE", "CALL-ID", "STATE", "AGE", "IDLE",
                  "PKTS-IN", "PKTS-OUT", "BYTES-IN", "BYTES-OUT"},
@@ -163,21 +171,21 @@ int main(int argc, char** argv) {
     std::string command;
     std::vector<std::string> rest;
     po::options_description visible;
-    visible.add_options()
-        ("help,h", "print this help and exit")
-        ("socket,s", po::value<std::string>(&socket_path)->default_value(kDefaultSocket), "control socket of pptp-fixupd")
-        ("json,j", po::bool_switch(&as_json), "print the daemon's JSON answer instead of a table");
+    visible.add_options()("help,h", "print this help and exit")(
+        "socket,s", po::value<std::string>(&socket_path)->default_value(kDefaultSocket),
+        "control socket of pptp-fixupd")("json,j", po::bool_switch(&as_json),
+                                         "print the daemon's JSON answer instead of a table");
     po::options_description hidden;
-    hidden.add_options()
-        ("command", po::value<std::string>(&command))
-        ("args", po::value<std::vector<std::string>>(&rest));
+    hidden.add_options()("command", po::value<std::string>(&command))("args",
+                                                                      po::value<std::vector<std::string>>(&rest));
     po::options_description all;
     all.add(visible).add(hidden);
     po::positional_options_description positional;
     positional.add("command", 1).add("args", -1);
     try {
         po::variables_map vm;
-        po::store(po::command_line_parser(argc, argv).options(all).positional(positional).allow_unregistered().run(), vm);
+        po::store(po::command_line_parser(argc, argv).options(all).positional(positional).allow_unregistered().run(),
+                  vm);
         po::notify(vm);
         if (vm.count("help") != 0U || command.empty()) {
             std::cout << kHelp << '\n' << visible << '\n';

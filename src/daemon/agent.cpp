@@ -30,8 +30,8 @@ std::string describe_call(const nat::Call& call) {
 std::string format_duration(std::chrono::steady_clock::duration d) {
     const auto total = std::chrono::duration_cast<std::chrono::seconds>(d).count();
     std::array<char, 32> text{};
-    std::snprintf(text.data(), text.size(), "%lld:%02lld:%02lld", static_cast<long long>(total / 3600),
-                  static_cast<long long>((total / 60) % 60), static_cast<long long>(total % 60));
+    (void)std::snprintf(text.data(), text.size(), "%lld:%02lld:%02lld", static_cast<long long>(total / 3600),
+                        static_cast<long long>((total / 60) % 60), static_cast<long long>(total % 60));
     return text.data();
 }
 
@@ -56,8 +56,8 @@ void EventLog::packet_dropped(nat::DropReason reason, std::uint32_t source, std:
         return;
     }
     std::ostringstream s;
-    s << "Dropped packet from " << pptp::format_ipv4(source) << " to " << pptp::format_ipv4(destination)
-      << ": " << nat::drop_reason_name(reason);
+    s << "Dropped packet from " << pptp::format_ipv4(source) << " to " << pptp::format_ipv4(destination) << ": "
+      << nat::drop_reason_name(reason);
     if (suppressed > 0) {
         s << " (" << suppressed << " more of this kind since the last report)";
     }
@@ -107,15 +107,17 @@ Agent::Agent(const daemon_options::Options& options) : options_(options) {
     queue_ = std::make_unique<nfq::Queue>(queue_config);
 
     api_ = std::make_unique<control::ApiContext>(control::ApiContext{*table_, counters_, *handler_, [this] {
-        const nfq::QueueStats& q = queue_->stats();
-        return nlohmann::json{{"received", q.received},
-                              {"verdicts_sent", q.verdicts_sent},
-                              {"batches_sent", q.batches_sent},
-                              {"receive_overruns", q.receive_overruns},
-                              {"send_errors", q.send_errors}};
-    }});
-    control_ = std::make_unique<control::Server>(
-        options_.control_socket, [this](const nlohmann::json& request) { return control::handle_request(request, *api_); });
+                                                                         const nfq::QueueStats& q = queue_->stats();
+                                                                         return nlohmann::json{
+                                                                             {"received", q.received},
+                                                                             {"verdicts_sent", q.verdicts_sent},
+                                                                             {"batches_sent", q.batches_sent},
+                                                                             {"receive_overruns", q.receive_overruns},
+                                                                             {"send_errors", q.send_errors}};
+                                                                     }});
+    control_ = std::make_unique<control::Server>(options_.control_socket, [this](const nlohmann::json& request) {
+        return control::handle_request(request, *api_);
+    });
 
     std::ostringstream ports;
     for (std::size_t i = 0; i < options_.fixup_ports.size(); ++i) {
@@ -149,9 +151,9 @@ nfq::SinkVerdict Agent::on_packet(const nfq::PacketMeta& meta, std::span<std::ui
 }
 
 void Agent::log_table() const {
-    logging::write(logging::Level::Notice, "", std::to_string(table_->connection_count()) +
-                                                   " control connections, " +
-                                                   std::to_string(table_->call_count()) + " calls");
+    logging::write(logging::Level::Notice, "",
+                   std::to_string(table_->connection_count()) + " control connections, " +
+                       std::to_string(table_->call_count()) + " calls");
     table_->for_each_call([](const nat::Call& call) {
         std::ostringstream s;
         s << "Live " << describe_call(call) << " state " << nat::state_name(call.state) << " packets in "

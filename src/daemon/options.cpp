@@ -101,38 +101,44 @@ ParseResult parse(int argc, const char* const* argv) {
     std::size_t max_connections = opt.table.max_connections;
 
     po::options_description general("General");
-    general.add_options()
-        ("help,h", "print this help and exit")
-        ("version", "print the version and exit")
-        ("queue,q", po::value<unsigned int>(&queue)->value_name("N"), "NFQUEUE number the fixup rules send packets to (0-65535); required")
-        ("outside,o", po::value<std::string>(&opt.outside_interface)->value_name("IF"), "outside (public) interface, as for MASQUERADE; required")
-        ("public-address,a", po::value<std::string>(&public_address)->value_name("ADDR"),
-         "public IPv4 address that inside peers share; default: the primary IPv4 address of --outside, read through rtnetlink")
-        ("fixup-port,p", po::value<std::vector<std::string>>(&ports)->value_name("PORT")->composing(),
-         "TCP port of PPTP control connections to inspect; repeat for several (default 1723)")
-        ("control-socket,s", po::value<std::string>(&opt.control_socket)->value_name("PATH")->default_value(kDefaultControlSocket),
-         "Unix socket of the control API (mode 0600)")
-        ("config,c", po::value<std::string>(&opt.config_file)->value_name("FILE"), "read options from FILE (same keys as the long options)")
-        ("log-level", po::value<std::string>(&log_level)->value_name("LEVEL")->default_value("info"), "error, warning, notice, info or debug");
+    general.add_options()("help,h", "print this help and exit")("version", "print the version and exit")(
+        "queue,q", po::value<unsigned int>(&queue)->value_name("N"),
+        "NFQUEUE number the fixup rules send packets to (0-65535); required")(
+        "outside,o", po::value<std::string>(&opt.outside_interface)->value_name("IF"),
+        "outside (public) interface, as for MASQUERADE; required")(
+        "public-address,a", po::value<std::string>(&public_address)->value_name("ADDR"),
+        "public IPv4 address that inside peers share; default: the primary IPv4 address of --outside, read through "
+        "rtnetlink")("fixup-port,p", po::value<std::vector<std::string>>(&ports)->value_name("PORT")->composing(),
+                     "TCP port of PPTP control connections to inspect; repeat for several (default 1723)")(
+        "control-socket,s",
+        po::value<std::string>(&opt.control_socket)->value_name("PATH")->default_value(kDefaultControlSocket),
+        "Unix socket of the control API (mode 0600)")("config,c",
+                                                      po::value<std::string>(&opt.config_file)->value_name("FILE"),
+                                                      "read options from FILE (same keys as the long options)")(
+        "log-level", po::value<std::string>(&log_level)->value_name("LEVEL")->default_value("info"),
+        "error, warning, notice, info or debug");
 
     po::options_description limits("Timeouts and limits");
-    limits.add_options()
-        ("call-timeout", po::value<unsigned int>(&call_timeout)->value_name("SECONDS")->default_value(600),
-         "seconds an established call may be idle (no GRE, no control) before it is removed; the kernel helper uses 600")
-        ("setup-timeout", po::value<unsigned int>(&setup_timeout)->value_name("SECONDS")->default_value(120),
-         "seconds a call may wait for its reply")
-        ("control-timeout", po::value<unsigned int>(&control_timeout)->value_name("SECONDS")->default_value(3600),
-         "seconds a control connection may be idle (PPTP echoes every 60 s)")
-        ("max-calls", po::value<std::size_t>(&max_calls)->value_name("N")->default_value(max_calls), "live calls in total")
-        ("max-calls-per-connection", po::value<std::size_t>(&max_calls_per_connection)->value_name("N")->default_value(max_calls_per_connection),
-         "live calls on one control connection")
-        ("max-connections", po::value<std::size_t>(&max_connections)->value_name("N")->default_value(max_connections),
-         "control connections tracked")
-        ("call-id-range", po::value<std::string>(&call_id_range)->value_name("MIN-MAX")->default_value("1-65535"),
-         "public Call IDs handed out, MIN-MAX")
-        ("queue-maxlen", po::value<std::uint32_t>(&opt.queue_max_length)->value_name("N")->default_value(4096),
-         "packets the kernel may hold in the queue before it drops")
-        ("burst", po::value<std::size_t>(&opt.burst)->value_name("N")->default_value(64), "packets handled per verdict batch");
+    limits.add_options()(
+        "call-timeout", po::value<unsigned int>(&call_timeout)->value_name("SECONDS")->default_value(600),
+        "seconds an established call may be idle (no GRE, no control) before it is removed; the kernel helper uses "
+        "600")("setup-timeout", po::value<unsigned int>(&setup_timeout)->value_name("SECONDS")->default_value(120),
+               "seconds a call may wait for its reply")(
+        "control-timeout", po::value<unsigned int>(&control_timeout)->value_name("SECONDS")->default_value(3600),
+        "seconds a control connection may be idle (PPTP echoes every 60 s)")(
+        "max-calls", po::value<std::size_t>(&max_calls)->value_name("N")->default_value(max_calls),
+        "live calls in total")(
+        "max-calls-per-connection",
+        po::value<std::size_t>(&max_calls_per_connection)->value_name("N")->default_value(max_calls_per_connection),
+        "live calls on one control connection")(
+        "max-connections", po::value<std::size_t>(&max_connections)->value_name("N")->default_value(max_connections),
+        "control connections tracked")(
+        "call-id-range", po::value<std::string>(&call_id_range)->value_name("MIN-MAX")->default_value("1-65535"),
+        "public Call IDs handed out, MIN-MAX")(
+        "queue-maxlen", po::value<std::uint32_t>(&opt.queue_max_length)->value_name("N")->default_value(4096),
+        "packets the kernel may hold in the queue before it drops")(
+        "burst", po::value<std::size_t>(&opt.burst)->value_name("N")->default_value(64),
+        "packets handled per verdict batch");
 
     po::options_description all;
     all.add(general).add(limits);

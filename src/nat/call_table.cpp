@@ -39,8 +39,7 @@ std::string_view teardown_reason_name(TeardownReason r) noexcept {
     return "unknown";
 }
 
-void StreamCursor::remember_rewrite(std::uint32_t sequence, std::uint8_t original,
-                                    std::uint8_t rewritten) noexcept {
+void StreamCursor::remember_rewrite(std::uint32_t sequence, std::uint8_t original, std::uint8_t rewritten) noexcept {
     rewrite_log[rewrite_log_next] = RewrittenByte{sequence, original, rewritten};
     rewrite_log_next = static_cast<std::uint8_t>((rewrite_log_next + 1U) % kRewriteLogSize);
     rewrite_log_used = static_cast<std::uint8_t>(std::min<std::size_t>(rewrite_log_used + 1U, kRewriteLogSize));

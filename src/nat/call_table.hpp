@@ -45,11 +45,11 @@ struct ConnectionKey {
 };
 
 enum class ConnectionState : std::uint8_t {
-    TcpOnly,          // TCP seen, no Start-Control-Connection yet
-    WaitStartReply,   // Start-Control-Connection-Request seen
-    Established,      // Start-Control-Connection-Reply with result 1
-    Stopping,         // Stop-Control-Connection-Request seen
-    Closed,           // stopped or TCP closed; lingers for retransmissions
+    TcpOnly,         // TCP seen, no Start-Control-Connection yet
+    WaitStartReply,  // Start-Control-Connection-Request seen
+    Established,     // Start-Control-Connection-Reply with result 1
+    Stopping,        // Stop-Control-Connection-Request seen
+    Closed,          // stopped or TCP closed; lingers for retransmissions
 };
 
 enum class CallState : std::uint8_t {

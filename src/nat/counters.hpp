@@ -27,38 +27,38 @@ namespace nat {
     X(calls_expired)
 
 // Why a packet was dropped. One counter each; names are stable API.
-#define PPTP_FIXUP_DROP_REASONS(X)      \
-    X(malformed_ipv4)                   \
-    X(ip_fragment)                      \
-    X(malformed_tcp)                    \
-    X(control_bad_length)               \
-    X(control_not_control_message)      \
-    X(control_bad_magic_cookie)         \
-    X(control_unknown_message_type)     \
-    X(control_bad_reserved_field)       \
-    X(control_out_of_order_segment)     \
-    X(control_split_call_id_field)      \
-    X(control_unknown_call_id)          \
-    X(control_connection_limit)         \
-    X(call_limit)                       \
-    X(call_id_space_exhausted)          \
-    X(gre_truncated)                    \
-    X(gre_not_version_1)                \
-    X(gre_not_ppp)                      \
-    X(gre_checksum_present)             \
-    X(gre_routing_present)              \
-    X(gre_key_missing)                  \
-    X(gre_bad_flags)                    \
-    X(gre_bad_payload_length)           \
-    X(gre_not_to_public_address)        \
-    X(gre_no_matching_call)             \
+#define PPTP_FIXUP_DROP_REASONS(X)  \
+    X(malformed_ipv4)               \
+    X(ip_fragment)                  \
+    X(malformed_tcp)                \
+    X(control_bad_length)           \
+    X(control_not_control_message)  \
+    X(control_bad_magic_cookie)     \
+    X(control_unknown_message_type) \
+    X(control_bad_reserved_field)   \
+    X(control_out_of_order_segment) \
+    X(control_split_call_id_field)  \
+    X(control_unknown_call_id)      \
+    X(control_connection_limit)     \
+    X(call_limit)                   \
+    X(call_id_space_exhausted)      \
+    X(gre_truncated)                \
+    X(gre_not_version_1)            \
+    X(gre_not_ppp)                  \
+    X(gre_checksum_present)         \
+    X(gre_routing_present)          \
+    X(gre_key_missing)              \
+    X(gre_bad_flags)                \
+    X(gre_bad_payload_length)       \
+    X(gre_not_to_public_address)    \
+    X(gre_no_matching_call)         \
     X(gre_call_not_established)
 
 enum class EventCounter : std::uint8_t {
 #define PPTP_FIXUP_ENUM(name) name,
     PPTP_FIXUP_EVENT_COUNTERS(PPTP_FIXUP_ENUM)
 #undef PPTP_FIXUP_ENUM
-    count_
+        count_
 };
 
 enum class DropReason : std::uint8_t {
@@ -66,7 +66,7 @@ enum class DropReason : std::uint8_t {
 #define PPTP_FIXUP_ENUM(name) name,
     PPTP_FIXUP_DROP_REASONS(PPTP_FIXUP_ENUM)
 #undef PPTP_FIXUP_ENUM
-    count_
+        count_
 };
 
 [[nodiscard]] std::string_view counter_name(EventCounter c) noexcept;

@@ -146,9 +146,8 @@ Verdict PacketHandler::handle_gre(Direction dir, std::span<std::uint8_t> packet,
     return Verdict{true, true, DropReason::none};
 }
 
-Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> packet,
-                                      std::size_t ip_header_length, std::uint32_t source,
-                                      std::uint32_t destination) {
+Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> packet, std::size_t ip_header_length,
+                                      std::uint32_t source, std::uint32_t destination) {
     auto segment = packet.subspan(ip_header_length);
     const auto tcp = pptp::parse_tcp(segment);
     if (!tcp) {
@@ -309,7 +308,8 @@ Verdict PacketHandler::consume_stream(ControlConnection& conn, Direction dir, st
             if (cursor.message_offset < pptp::kHeaderSize) {
                 break;
             }
-            const auto check = pptp::check_header(std::span<const std::uint8_t>(cursor.prefix).first(pptp::kHeaderSize));
+            const auto check =
+                pptp::check_header(std::span<const std::uint8_t>(cursor.prefix).first(pptp::kHeaderSize));
             if (check.error != pptp::HeaderError::None) {
                 cursor = saved;
                 return Verdict{false, false, drop_reason_for(check.error)};
@@ -317,7 +317,8 @@ Verdict PacketHandler::consume_stream(ControlConnection& conn, Direction dir, st
             cursor.message_length = check.header.length;
             continue;
         }
-        const auto header = pptp::check_header(std::span<const std::uint8_t>(cursor.prefix).first(pptp::kHeaderSize)).header;
+        const auto header =
+            pptp::check_header(std::span<const std::uint8_t>(cursor.prefix).first(pptp::kHeaderSize)).header;
         const std::size_t start_offset = cursor.message_offset;
         const std::size_t take = std::min<std::size_t>(cursor.message_length - start_offset, fresh.size() - i);
         const std::size_t end_offset = start_offset + take;
@@ -354,7 +355,9 @@ Verdict PacketHandler::consume_stream(ControlConnection& conn, Direction dir, st
         if (end_offset == cursor.message_length) {
             counters_.add(EventCounter::control_messages);
             conn.messages += 1;
-            message_complete(conn, dir, header, std::span<const std::uint8_t>(cursor.prefix).first(std::min<std::size_t>(cursor.message_length, StreamCursor::kPrefixSize)));
+            message_complete(conn, dir, header,
+                             std::span<const std::uint8_t>(cursor.prefix)
+                                 .first(std::min<std::size_t>(cursor.message_length, StreamCursor::kPrefixSize)));
             cursor.message_offset = 0;
             cursor.message_length = 0;
         }
@@ -483,9 +486,7 @@ void PacketHandler::message_complete(ControlConnection& conn, Direction dir, con
                 conn.state = ConnectionState::Established;
             }
             break;
-        case ControlType::StopControlConnectionRequest:
-            conn.state = ConnectionState::Stopping;
-            break;
+        case ControlType::StopControlConnectionRequest: conn.state = ConnectionState::Stopping; break;
         case ControlType::StopControlConnectionReply:
             table_.close_connection(conn, TeardownReason::StopControlConnection);
             break;
@@ -513,8 +514,7 @@ void PacketHandler::message_complete(ControlConnection& conn, Direction dir, con
                 table_.remove_call(*call, TeardownReason::CallDisconnectNotify);
             }
             break;
-        default:
-            break;
+        default: break;
     }
 }
 

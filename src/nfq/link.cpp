@@ -30,8 +30,8 @@ struct AddressQuery {
 int on_address(const nlmsghdr* nlh, void* data) {
     auto* query = static_cast<AddressQuery*>(data);
     const auto* ifa = static_cast<const ifaddrmsg*>(mnl_nlmsg_get_payload(nlh));
-    if (ifa->ifa_family != AF_INET || ifa->ifa_index != query->ifindex ||
-        (ifa->ifa_flags & IFA_F_SECONDARY) != 0 || query->address) {
+    if (ifa->ifa_family != AF_INET || ifa->ifa_index != query->ifindex || (ifa->ifa_flags & IFA_F_SECONDARY) != 0 ||
+        query->address) {
         return MNL_CB_OK;
     }
     struct Found {

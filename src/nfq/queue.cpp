@@ -21,9 +21,11 @@ namespace {
 // Room for one verdict message carrying a full 64 KiB payload.
 constexpr std::size_t kMaxVerdictMessage = 0xFFFF + 512;
 // Flush before a batch grows past what a netlink socket accepts in one sendto.
-constexpr std::size_t kVerdictBatchBytes = 128 * 1024;
+constexpr std::size_t kVerdictBatchBytes = std::size_t{128} * 1024;
 
-std::string errno_text(int err) { return std::strerror(err); }
+std::string errno_text(int err) {
+    return std::strerror(err);
+}
 
 }  // namespace
 
@@ -58,7 +60,9 @@ Queue::~Queue() {
     mnl_socket_close(socket_);
 }
 
-int Queue::fd() const noexcept { return mnl_socket_get_fd(socket_); }
+int Queue::fd() const noexcept {
+    return mnl_socket_get_fd(socket_);
+}
 
 void Queue::send_config_and_wait_ack(std::vector<char>& buffer, const char* what) {
     auto* nlh = reinterpret_cast<nlmsghdr*>(buffer.data());

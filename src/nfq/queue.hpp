@@ -18,9 +18,9 @@ namespace nfq {
 
 struct QueueConfig {
     std::uint16_t queue_number = 0;
-    std::uint32_t max_length = 4096;          // packets the kernel holds for us
-    int receive_buffer_bytes = 8 << 20;       // netlink socket buffer
-    std::size_t max_burst = 64;               // packets per verdict batch
+    std::uint32_t max_length = 4096;     // packets the kernel holds for us
+    int receive_buffer_bytes = 8 << 20;  // netlink socket buffer
+    std::size_t max_burst = 64;          // packets per verdict batch
 };
 
 struct PacketMeta {

@@ -104,8 +104,7 @@ std::uint16_t read_protocol_version(std::span<const std::uint8_t> msg) noexcept 
     return msg.size() >= 14 ? load_be16(msg.data() + 12) : 0;
 }
 
-std::optional<std::uint8_t> read_result_code(std::uint16_t control_type,
-                                             std::span<const std::uint8_t> msg) noexcept {
+std::optional<std::uint8_t> read_result_code(std::uint16_t control_type, std::span<const std::uint8_t> msg) noexcept {
     std::size_t offset = 0;
     switch (static_cast<ControlType>(control_type)) {
         case ControlType::StartControlConnectionReply: offset = 14; break;

@@ -61,11 +61,11 @@ struct MessageSpec {
 
 enum class HeaderError : std::uint8_t {
     None,
-    BadLength,       // below the message's RFC size or above kMaxMessageLength
-    NotControl,      // PPTP Message Type other than 1 (control)
-    BadMagic,        // magic cookie is not 0x1A2B3C4D
-    UnknownType,     // control message type outside 1..15
-    BadReserved,     // Reserved0 must be 0
+    BadLength,    // below the message's RFC size or above kMaxMessageLength
+    NotControl,   // PPTP Message Type other than 1 (control)
+    BadMagic,     // magic cookie is not 0x1A2B3C4D
+    UnknownType,  // control message type outside 1..15
+    BadReserved,  // Reserved0 must be 0
 };
 
 [[nodiscard]] std::string_view header_error_name(HeaderError e) noexcept;
@@ -92,13 +92,12 @@ struct CallIdFields {
 };
 // End of the bytes that hold the message's Call IDs (14 or 16), 0 if none.
 [[nodiscard]] constexpr std::size_t call_id_region_end(const MessageSpec& spec) noexcept {
-    const std::size_t last = spec.own_call_id_offset > spec.peer_call_id_offset ? spec.own_call_id_offset
-                                                                                : spec.peer_call_id_offset;
+    const std::size_t last =
+        spec.own_call_id_offset > spec.peer_call_id_offset ? spec.own_call_id_offset : spec.peer_call_id_offset;
     return last == 0 ? 0 : last + 2;
 }
 
-[[nodiscard]] CallIdFields read_call_ids(const MessageSpec& spec,
-                                         std::span<const std::uint8_t> msg) noexcept;
+[[nodiscard]] CallIdFields read_call_ids(const MessageSpec& spec, std::span<const std::uint8_t> msg) noexcept;
 
 // Protocol Version of Start-Control-Connection-Request/Reply (offset 12).
 [[nodiscard]] std::uint16_t read_protocol_version(std::span<const std::uint8_t> msg) noexcept;

@@ -15,14 +15,14 @@ inline constexpr std::size_t kGreMinHeader = 8;
 
 enum class GreError : std::uint8_t {
     None,
-    Truncated,        // shorter than its own header
-    NotVersion1,      // version field is not 1 (plain GRE, e.g. IP tunnels)
-    NotPpp,           // protocol type is not 0x880B
-    ChecksumPresent,  // C bit set: not allowed in PPTP GRE
-    RoutingPresent,   // R bit or strict source route bit set
-    KeyMissing,       // K bit clear: no Call ID
-    BadFlags,         // recursion control or reserved flag bits set
-    BadPayloadLength, // payload length field larger than the bytes present
+    Truncated,         // shorter than its own header
+    NotVersion1,       // version field is not 1 (plain GRE, e.g. IP tunnels)
+    NotPpp,            // protocol type is not 0x880B
+    ChecksumPresent,   // C bit set: not allowed in PPTP GRE
+    RoutingPresent,    // R bit or strict source route bit set
+    KeyMissing,        // K bit clear: no Call ID
+    BadFlags,          // recursion control or reserved flag bits set
+    BadPayloadLength,  // payload length field larger than the bytes present
 };
 
 [[nodiscard]] std::string_view gre_error_name(GreError e) noexcept;

@@ -69,8 +69,7 @@ std::uint16_t fold(std::uint32_t sum) noexcept {
 }
 }  // namespace
 
-std::uint16_t ones_complement_sum(std::span<const std::uint8_t> bytes,
-                                  std::uint32_t initial) noexcept {
+std::uint16_t ones_complement_sum(std::span<const std::uint8_t> bytes, std::uint32_t initial) noexcept {
     std::uint64_t sum = initial;
     std::size_t i = 0;
     for (; i + 1 < bytes.size(); i += 2) {
@@ -93,9 +92,8 @@ std::uint16_t ipv4_header_checksum(std::span<const std::uint8_t> header) noexcep
 
 std::uint16_t tcp_checksum_ipv4(std::uint32_t source, std::uint32_t destination,
                                 std::span<const std::uint8_t> segment) noexcept {
-    std::uint32_t sum = (source >> 16U) + (source & 0xFFFFU) + (destination >> 16U) +
-                        (destination & 0xFFFFU) + kIpProtoTcp +
-                        static_cast<std::uint32_t>(segment.size());
+    std::uint32_t sum = (source >> 16U) + (source & 0xFFFFU) + (destination >> 16U) + (destination & 0xFFFFU) +
+                        kIpProtoTcp + static_cast<std::uint32_t>(segment.size());
     sum = fold(sum);
     sum += ones_complement_sum(segment.first(std::min(segment.size(), kTcpChecksumOffset)));
     if (segment.size() > kTcpChecksumOffset + 2) {
@@ -113,23 +111,22 @@ void adjust_checksum(std::uint8_t* checksum_field, std::span<const std::uint8_t>
     store_be16(checksum_field, static_cast<std::uint16_t>(~fold(sum)));
 }
 
-bool patch_with_checksum(std::span<std::uint8_t> region, std::size_t offset,
-                         std::span<const std::uint8_t> new_bytes,
+bool patch_with_checksum(std::span<std::uint8_t> region, std::size_t offset, std::span<const std::uint8_t> new_bytes,
                          std::size_t checksum_offset) noexcept {
-    if (offset > region.size() || new_bytes.size() > region.size() - offset ||
-        checksum_offset + 2 > region.size() || new_bytes.size() > 8) {
+    if (offset > region.size() || new_bytes.size() > region.size() - offset || checksum_offset + 2 > region.size() ||
+        new_bytes.size() > 8) {
         return false;
     }
     // Take the 16-bit-aligned window that covers the patch, so the old and new
     // word sums line up with the words the checksum was computed over.
     const std::size_t window_start = offset & ~static_cast<std::size_t>(1);
-    const std::size_t window_end = std::min(region.size(), (offset + new_bytes.size() + 1) & ~static_cast<std::size_t>(1));
+    const std::size_t window_end =
+        std::min(region.size(), (offset + new_bytes.size() + 1) & ~static_cast<std::size_t>(1));
     const std::size_t window_len = window_end - window_start;
     std::array<std::uint8_t, 10> old_window{};
     std::memcpy(old_window.data(), region.data() + window_start, window_len);
     std::memcpy(region.data() + offset, new_bytes.data(), new_bytes.size());
-    adjust_checksum(region.data() + checksum_offset,
-                    std::span<const std::uint8_t>(old_window.data(), window_len),
+    adjust_checksum(region.data() + checksum_offset, std::span<const std::uint8_t>(old_window.data(), window_len),
                     std::span<const std::uint8_t>(region.data() + window_start, window_len));
     return true;
 }

@@ -63,8 +63,7 @@ inline constexpr std::size_t kIpv4DestinationOffset = 16;
 // at `checksum_offset` of the same region incrementally (RFC 1624, eqn. 3).
 // Word alignment is relative to the region start, as in the checksum itself.
 // Odd offsets are fine. Returns false (and changes nothing) if out of range.
-bool patch_with_checksum(std::span<std::uint8_t> region, std::size_t offset,
-                         std::span<const std::uint8_t> new_bytes,
+bool patch_with_checksum(std::span<std::uint8_t> region, std::size_t offset, std::span<const std::uint8_t> new_bytes,
                          std::size_t checksum_offset) noexcept;
 
 // Same, when the checksum lives in another buffer (the IPv4 header checksum is

@@ -191,7 +191,7 @@ TEST_F(PacketHandlerTest, ClearRequestAndDisconnectNotifyEndTheCall) {
     call(a, 7, 300);
     const std::uint16_t pb = call(b, 7, 301);
     const Bytes clear = out(b, ccrq(7));
-    EXPECT_EQ(get16(clear, 12), pb);  // the server must see the public ID
+    EXPECT_EQ(get16(clear, 12), pb);                   // the server must see the public ID
     EXPECT_TRUE(gre_in(kServer, kPublic, pb).accept);  // still clearing
     const Bytes disc = in(b, cdn(301));
     EXPECT_EQ(get16(disc, 12), 301);  // the PAC's own ID: unchanged

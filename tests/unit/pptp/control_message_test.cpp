@@ -19,11 +19,11 @@ struct Expected {
 
 // Straight from RFC 2637 sections 2.1-2.15.
 constexpr Expected kRfc[] = {
-    {1, 156, 0, 0, Sender::Either},  {2, 156, 0, 0, Sender::Either}, {3, 16, 0, 0, Sender::Either},
-    {4, 16, 0, 0, Sender::Either},   {5, 16, 0, 0, Sender::Either},  {6, 20, 0, 0, Sender::Either},
-    {7, 168, 12, 0, Sender::Pns},    {8, 32, 12, 14, Sender::Pac},   {9, 220, 12, 0, Sender::Pac},
-    {10, 24, 12, 14, Sender::Pns},   {11, 28, 0, 12, Sender::Pac},   {12, 16, 12, 0, Sender::Pns},
-    {13, 148, 12, 0, Sender::Pac},   {14, 40, 0, 12, Sender::Pac},   {15, 24, 0, 12, Sender::Pns},
+    {1, 156, 0, 0, Sender::Either}, {2, 156, 0, 0, Sender::Either}, {3, 16, 0, 0, Sender::Either},
+    {4, 16, 0, 0, Sender::Either},  {5, 16, 0, 0, Sender::Either},  {6, 20, 0, 0, Sender::Either},
+    {7, 168, 12, 0, Sender::Pns},   {8, 32, 12, 14, Sender::Pac},   {9, 220, 12, 0, Sender::Pac},
+    {10, 24, 12, 14, Sender::Pns},  {11, 28, 0, 12, Sender::Pac},   {12, 16, 12, 0, Sender::Pns},
+    {13, 148, 12, 0, Sender::Pac},  {14, 40, 0, 12, Sender::Pac},   {15, 24, 0, 12, Sender::Pns},
 };
 
 TEST(ControlMessage, SpecTableMatchesRfc2637) {
@@ -42,8 +42,8 @@ TEST(ControlMessage, SpecTableMatchesRfc2637) {
 }
 
 TEST(ControlMessage, EveryBuilderMessagePassesHeaderCheck) {
-    for (const Bytes& m : {sccrq(), sccrp(), stop_request(), stop_reply(), echo_request(1), echo_reply(1),
-                           ocrq(1), ocrp(1, 2), icrq(1), icrp(1, 2), iccn(1), ccrq(1), cdn(1), wen(1), sli(1)}) {
+    for (const Bytes& m : {sccrq(), sccrp(), stop_request(), stop_reply(), echo_request(1), echo_reply(1), ocrq(1),
+                           ocrp(1, 2), icrq(1), icrp(1, 2), iccn(1), ccrq(1), cdn(1), wen(1), sli(1)}) {
         const auto check = check_header(m);
         EXPECT_EQ(check.error, HeaderError::None) << header_error_name(check.error);
         EXPECT_EQ(check.header.length, m.size());

@@ -46,8 +46,7 @@ TEST(Inet, RejectsBadIpv4) {
 TEST(Inet, FullChecksumsAgreeWithReference) {
     const Bytes p = tcp_packet(0x0A000001, 0x0A000002, 1, 2, 3, ACK, Bytes{1, 2, 3, 4, 5, 6, 7});
     EXPECT_EQ(ipv4_header_checksum(std::span<const std::uint8_t>(p).first(20)), get16(p, 10));
-    EXPECT_EQ(tcp_checksum_ipv4(0x0A000001, 0x0A000002, std::span<const std::uint8_t>(p).subspan(20)),
-              get16(p, 36));
+    EXPECT_EQ(tcp_checksum_ipv4(0x0A000001, 0x0A000002, std::span<const std::uint8_t>(p).subspan(20)), get16(p, 36));
 }
 
 TEST(Inet, IncrementalPatchKeepsChecksumValidAtAnyOffset) {

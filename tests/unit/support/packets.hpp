@@ -45,8 +45,8 @@ inline bool ipv4_checksum_ok(const Bytes& p) {
 inline bool tcp_checksum_ok(const Bytes& p) {
     const std::size_t ihl = (p[0] & 0x0F) * 4u;
     const std::size_t tcp_len = get16(p, 2) - ihl;
-    std::uint32_t pseudo = get16(p, 12) + get16(p, 14) + get16(p, 16) + get16(p, 18) + 6u +
-                           static_cast<std::uint32_t>(tcp_len);
+    std::uint32_t pseudo =
+        get16(p, 12) + get16(p, 14) + get16(p, 16) + get16(p, 18) + 6u + static_cast<std::uint32_t>(tcp_len);
     return reference_checksum(p.data() + ihl, tcp_len, pseudo) == 0;
 }
 
@@ -79,8 +79,8 @@ inline Bytes tcp_packet(std::uint32_t src, std::uint32_t dst, std::uint16_t spor
     put16(seg, 14, 64240);
     std::copy(payload.begin(), payload.end(), seg.begin() + 20);
     Bytes p = ipv4(src, dst, 6, seg);
-    std::uint32_t pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6u +
-                           static_cast<std::uint32_t>(seg.size());
+    std::uint32_t pseudo =
+        (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6u + static_cast<std::uint32_t>(seg.size());
     put16(p, 20 + 16, reference_checksum(p.data() + 20, seg.size(), pseudo));
     return p;
 }
@@ -116,8 +116,8 @@ inline Bytes control(std::uint16_t type, std::size_t size) {
 inline Bytes sccrq() {
     Bytes m = control(1, 156);
     put16(m, 12, 0x0100);
-    put32(m, 16, 1);   // framing: async
-    put32(m, 20, 1);   // bearer: analog
+    put32(m, 16, 1);  // framing: async
+    put32(m, 20, 1);  // bearer: analog
     put16(m, 24, 0);
     put16(m, 26, 1);
     return m;
@@ -128,10 +128,25 @@ inline Bytes sccrp(std::uint8_t result = 1) {
     m[14] = result;
     return m;
 }
-inline Bytes stop_request() { return control(3, 16); }
-inline Bytes stop_reply() { Bytes m = control(4, 16); m[12] = 1; return m; }
-inline Bytes echo_request(std::uint32_t id) { Bytes m = control(5, 16); put32(m, 12, id); return m; }
-inline Bytes echo_reply(std::uint32_t id) { Bytes m = control(6, 20); put32(m, 12, id); m[16] = 1; return m; }
+inline Bytes stop_request() {
+    return control(3, 16);
+}
+inline Bytes stop_reply() {
+    Bytes m = control(4, 16);
+    m[12] = 1;
+    return m;
+}
+inline Bytes echo_request(std::uint32_t id) {
+    Bytes m = control(5, 16);
+    put32(m, 12, id);
+    return m;
+}
+inline Bytes echo_reply(std::uint32_t id) {
+    Bytes m = control(6, 20);
+    put32(m, 12, id);
+    m[16] = 1;
+    return m;
+}
 inline Bytes ocrq(std::uint16_t call_id, std::uint16_t serial = 1) {
     Bytes m = control(7, 168);
     put16(m, 12, call_id);
@@ -165,11 +180,32 @@ inline Bytes icrp(std::uint16_t call_id, std::uint16_t peer_call_id, std::uint8_
     m[16] = result;
     return m;
 }
-inline Bytes iccn(std::uint16_t peer_call_id) { Bytes m = control(11, 28); put16(m, 12, peer_call_id); return m; }
-inline Bytes ccrq(std::uint16_t call_id) { Bytes m = control(12, 16); put16(m, 12, call_id); return m; }
-inline Bytes cdn(std::uint16_t call_id) { Bytes m = control(13, 148); put16(m, 12, call_id); m[14] = 1; return m; }
-inline Bytes wen(std::uint16_t peer_call_id) { Bytes m = control(14, 40); put16(m, 12, peer_call_id); return m; }
-inline Bytes sli(std::uint16_t peer_call_id) { Bytes m = control(15, 24); put16(m, 12, peer_call_id); return m; }
+inline Bytes iccn(std::uint16_t peer_call_id) {
+    Bytes m = control(11, 28);
+    put16(m, 12, peer_call_id);
+    return m;
+}
+inline Bytes ccrq(std::uint16_t call_id) {
+    Bytes m = control(12, 16);
+    put16(m, 12, call_id);
+    return m;
+}
+inline Bytes cdn(std::uint16_t call_id) {
+    Bytes m = control(13, 148);
+    put16(m, 12, call_id);
+    m[14] = 1;
+    return m;
+}
+inline Bytes wen(std::uint16_t peer_call_id) {
+    Bytes m = control(14, 40);
+    put16(m, 12, peer_call_id);
+    return m;
+}
+inline Bytes sli(std::uint16_t peer_call_id) {
+    Bytes m = control(15, 24);
+    put16(m, 12, peer_call_id);
+    return m;
+}
 
 inline Bytes concat(std::initializer_list<Bytes> parts) {
     Bytes out;
