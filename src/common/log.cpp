@@ -80,6 +80,9 @@ void write(Level level, std::string_view id, std::string_view message) {
 }
 
 bool RateLimiter::allow(std::uint64_t key, Clock::time_point now, std::uint64_t& suppressed) {
+    if (windows_.size() >= kMaxKeys && windows_.find(key) == windows_.end()) {
+        windows_.clear();  // bounded memory; at worst a key logs once more
+    }
     Window& w = windows_[key];
     suppressed = 0;
     if (now - w.start >= interval_) {

@@ -31,6 +31,7 @@ public:
     bool allow(std::uint64_t key, Clock::time_point now, std::uint64_t& suppressed);
 
 private:
+    static constexpr std::size_t kMaxKeys = 4096;
     struct Window {
         Clock::time_point start{};
         std::uint32_t used = 0;

@@ -64,6 +64,31 @@ void EventLog::packet_dropped(nat::DropReason reason, std::uint32_t source, std:
     logging::write(logging::Level::Warning, "400001", s.str());
 }
 
+void EventLog::control_violation(const nat::ControlConnection& conn, nat::DropReason reason, std::string_view message,
+                                 bool dropped) {
+    std::uint64_t suppressed = 0;
+    if (!violation_limiter_.allow(conn.id, std::chrono::steady_clock::now(), suppressed)) {
+        return;
+    }
+    std::ostringstream s;
+    s << "PPTP control connection " << pptp::format_ipv4(conn.key.inside_address) << ':' << conn.key.inside_port
+      << " - " << pptp::format_ipv4(conn.key.outside_address) << ':' << conn.key.outside_port << ": "
+      << nat::drop_reason_name(reason) << " (" << message << "), message "
+      << (dropped ? "dropped" : "passed on unchanged");
+    if (suppressed > 0) {
+        s << "; " << suppressed << " more on this connection since the last report";
+    }
+    logging::write(logging::Level::Warning, "400002", s.str());
+}
+
+void EventLog::call_refused(const nat::ControlConnection& conn, std::uint16_t call_id, nat::DropReason reason) {
+    std::ostringstream s;
+    s << "Refused PPTP call of " << pptp::format_ipv4(conn.key.inside_address) << " call-id " << call_id << " to "
+      << pptp::format_ipv4(conn.key.outside_address) << ": " << nat::drop_reason_name(reason)
+      << "; control connection reset";
+    logging::write(logging::Level::Warning, "400003", s.str());
+}
+
 Agent::Agent(const daemon_options::Options& options) : options_(options) {
     logging::set_level(options_.log_level);
     outside_ifindex_ = nfq::interface_index(options_.outside_interface);
@@ -79,7 +104,8 @@ Agent::Agent(const daemon_options::Options& options) : options_(options) {
         table_config.public_address = *address;
     }
     table_ = std::make_unique<nat::CallTable>(table_config, clock_, counters_, &events_);
-    handler_ = std::make_unique<nat::PacketHandler>(*table_, counters_, &events_);
+    handler_ = std::make_unique<nat::PacketHandler>(*table_, counters_, &events_, options_.handler);
+    handler_->set_deferred_verdicts(this);
     for (std::uint16_t port : options_.fixup_ports) {
         handler_->enable_port(port);
     }
@@ -146,8 +172,12 @@ nfq::SinkVerdict Agent::on_packet(const nfq::PacketMeta& meta, std::span<std::ui
     } else if (meta.out_interface == outside_ifindex_) {
         direction = nat::Direction::Outbound;
     }
-    const nat::Verdict v = handler_->handle(direction, packet);
-    return nfq::SinkVerdict{v.accept, v.modified};
+    const nat::Verdict v = handler_->handle(direction, packet, meta.packet_id);
+    return nfq::SinkVerdict{v.accept, v.modified, v.held, v.length};
+}
+
+void Agent::release(std::uint32_t packet_id, bool accept, std::span<const std::uint8_t> packet) {
+    queue_->emit_verdict(packet_id, accept, packet);
 }
 
 void Agent::log_table() const {
@@ -182,6 +212,8 @@ int Agent::run() {
             std::uint64_t expirations = 0;
             [[maybe_unused]] auto n = read(timer_fd_, &expirations, sizeof(expirations));
             table_->expire();
+            handler_->expire_held();
+            queue_->flush_verdicts();
         }
         control_->handle(fds, 3);
         if ((fds[1].revents & POLLIN) != 0) {

@@ -24,12 +24,17 @@ public:
     void call_built(const nat::Call& call) override;
     void call_torn_down(const nat::Call& call, nat::TeardownReason reason) override;
     void packet_dropped(nat::DropReason reason, std::uint32_t source, std::uint32_t destination) override;
+    void control_violation(const nat::ControlConnection& conn, nat::DropReason reason, std::string_view message,
+                           bool dropped) override;
+    void call_refused(const nat::ControlConnection& conn, std::uint16_t call_id, nat::DropReason reason) override;
 
 private:
     logging::RateLimiter drop_limiter_{std::chrono::seconds(10), 1};
+    // Protocol violations: one line per control connection per minute.
+    logging::RateLimiter violation_limiter_{std::chrono::seconds(60), 1};
 };
 
-class Agent final : public nfq::PacketSink {
+class Agent final : public nfq::PacketSink, public nat::DeferredVerdicts {
 public:
     // Throws std::runtime_error (one line) when the agent cannot start.
     explicit Agent(const daemon_options::Options& options);
@@ -41,6 +46,7 @@ public:
     int run();
 
     nfq::SinkVerdict on_packet(const nfq::PacketMeta& meta, std::span<std::uint8_t> packet) override;
+    void release(std::uint32_t packet_id, bool accept, std::span<const std::uint8_t> packet) override;
 
 private:
     void log_table() const;

@@ -99,6 +99,8 @@ ParseResult parse(int argc, const char* const* argv) {
     std::size_t max_calls = opt.table.max_calls;
     std::size_t max_calls_per_connection = opt.table.max_calls_per_connection;
     std::size_t max_connections = opt.table.max_connections;
+    std::size_t max_connections_per_host = opt.table.max_connections_per_host;
+    std::string on_violation = "drop";
 
     po::options_description general("General");
     general.add_options()("help,h", "print this help and exit")("version", "print the version and exit")(
@@ -211,6 +213,14 @@ ParseResult parse(int argc, const char* const* argv) {
     opt.table.max_calls = max_calls;
     opt.table.max_calls_per_connection = max_calls_per_connection;
     opt.table.max_connections = max_connections;
+    opt.table.max_connections_per_host = max_connections_per_host;
+    if (on_violation == "drop") {
+        opt.handler.on_violation = nat::ViolationPolicy::Drop;
+    } else if (on_violation == "accept") {
+        opt.handler.on_violation = nat::ViolationPolicy::Accept;
+    } else {
+        throw UsageError("invalid --on-violation '" + on_violation + "': expected drop or accept");
+    }
     if (opt.burst == 0 || opt.burst > 1024) {
         throw UsageError("invalid --burst: expected 1-1024");
     }

@@ -10,6 +10,7 @@
 
 #include "common/log.hpp"
 #include "nat/call_table.hpp"
+#include "nat/packet_handler.hpp"
 
 namespace daemon_options {
 
@@ -27,6 +28,7 @@ struct Options {
     std::size_t burst = 64;
     logging::Level log_level = logging::Level::Info;
     nat::TableConfig table;
+    nat::HandlerConfig handler;
 };
 
 class UsageError : public std::runtime_error {

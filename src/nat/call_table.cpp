@@ -11,6 +11,7 @@ std::string_view state_name(ConnectionState s) noexcept {
         case ConnectionState::Established: return "established";
         case ConnectionState::Stopping: return "stopping";
         case ConnectionState::Closed: return "closed";
+        case ConnectionState::Refused: return "refused";
     }
     return "unknown";
 }
@@ -35,6 +36,7 @@ std::string_view teardown_reason_name(TeardownReason r) noexcept {
         case TeardownReason::ConnectionReplaced: return "connection-replaced";
         case TeardownReason::Cleared: return "cleared";
         case TeardownReason::Shutdown: return "shutdown";
+        case TeardownReason::CallIdSpaceExhausted: return "call-id-space-exhausted";
     }
     return "unknown";
 }
@@ -74,9 +76,14 @@ ControlConnection* CallTable::create_connection(const ConnectionKey& key) {
     if (auto* existing = find_connection(key)) {
         remove_connection(*existing, TeardownReason::ConnectionReplaced);
     }
-    if (connections_.size() >= config_.max_connections) {
+    std::uint32_t& per_host = connections_per_host_[key.inside_address];
+    if (connections_.size() >= config_.max_connections || per_host >= config_.max_connections_per_host) {
+        if (per_host == 0) {
+            connections_per_host_.erase(key.inside_address);
+        }
         return nullptr;
     }
+    ++per_host;
     auto conn = std::make_unique<ControlConnection>();
     conn->id = next_connection_serial_++;
     conn->key = key;
@@ -91,7 +98,7 @@ void CallTable::close_connection(ControlConnection& conn, TeardownReason reason)
     while (!conn.calls.empty()) {
         remove_call(*conn.calls.back(), reason);
     }
-    if (conn.state != ConnectionState::Closed) {
+    if (conn.state != ConnectionState::Closed && conn.state != ConnectionState::Refused) {
         conn.state = ConnectionState::Closed;
         conn.last_activity = clock_.now();
     }
@@ -101,6 +108,10 @@ void CallTable::remove_connection(ControlConnection& conn, TeardownReason reason
     close_connection(conn, reason);
     counters_.add(EventCounter::connections_torn_down);
     const ConnectionKey key = conn.key;  // conn dies inside erase
+    auto host = connections_per_host_.find(key.inside_address);
+    if (host != connections_per_host_.end() && --host->second == 0) {
+        connections_per_host_.erase(host);
+    }
     connections_.erase(key);
 }
 
@@ -302,8 +313,8 @@ std::size_t CallTable::expire() {
     }
     std::vector<ControlConnection*> stale_connections;
     for (auto& [key, conn] : connections_) {
-        const Seconds limit =
-            conn->state == ConnectionState::Closed ? config_.closing_linger : config_.control_idle_timeout;
+        const bool closed = conn->state == ConnectionState::Closed || conn->state == ConnectionState::Refused;
+        const Seconds limit = closed ? config_.closing_linger : config_.control_idle_timeout;
         if (now - conn->last_activity >= limit) {
             stale_connections.push_back(conn.get());
         }

@@ -32,6 +32,7 @@ struct TableConfig {
     std::size_t max_calls = 65536;
     std::size_t max_calls_per_connection = 256;
     std::size_t max_connections = 16384;
+    std::size_t max_connections_per_host = 64;  // per inside address
 };
 
 // TCP control connection, keyed as seen in the FORWARD path: the inside
@@ -50,6 +51,7 @@ enum class ConnectionState : std::uint8_t {
     Established,     // Start-Control-Connection-Reply with result 1
     Stopping,        // Stop-Control-Connection-Request seen
     Closed,          // stopped or TCP closed; lingers for retransmissions
+    Refused,         // a call was refused and the receiver reset; passed through until it goes
 };
 
 enum class CallState : std::uint8_t {
@@ -68,6 +70,7 @@ enum class TeardownReason : std::uint8_t {
     ConnectionReplaced,
     Cleared,
     Shutdown,
+    CallIdSpaceExhausted,
 };
 
 [[nodiscard]] std::string_view state_name(ConnectionState s) noexcept;
@@ -90,6 +93,9 @@ struct StreamCursor {
     std::uint16_t message_offset = 0;  // bytes of the current message consumed
     std::uint16_t message_length = 0;  // 0 while the header is incomplete
     std::array<std::uint8_t, kPrefixSize> prefix{};
+    // The current message broke the protocol and is passed on untouched
+    // (violation policy "accept"): no rewrite, no state change.
+    bool message_ignored = false;
     // Bytes rewritten recently, so a retransmission gets the same rewrite.
     std::array<RewrittenByte, kRewriteLogSize> rewrite_log{};
     std::uint8_t rewrite_log_next = 0;
@@ -109,6 +115,12 @@ struct ControlConnection {
     std::array<StreamCursor, 2> streams{};  // indexed by Direction
     std::vector<Call*> calls;
     std::uint64_t messages = 0;
+    // Which side (a Direction value: 0 = inside sends, 1 = outside sends)
+    // sent Start-Control-Connection-Request, and which side is the PNS
+    // (learned from the first call message); -1 while unknown.
+    std::int8_t start_requester = -1;
+    std::int8_t pns_side = -1;
+    std::uint64_t violations = 0;
 };
 
 struct Call {
@@ -122,6 +134,8 @@ struct Call {
     std::uint16_t outside_call_id = 0;
     bool inside_known = false;   // inside peer announced its Call ID
     bool outside_known = false;  // outside peer announced its Call ID
+    bool outgoing = true;        // Outgoing-Call-Request (else Incoming-Call-Request)
+    bool answered = false;       // the reply (OCRP / ICRP) has been seen
     CallState state = CallState::Requested;
     Instant created{};
     Instant last_activity{};
@@ -158,7 +172,7 @@ public:
     [[nodiscard]] Instant now() const { return clock_.now(); }
 
     [[nodiscard]] ControlConnection* find_connection(const ConnectionKey& key) noexcept;
-    // nullptr when max_connections is reached.
+    // nullptr when max_connections or max_connections_per_host is reached.
     ControlConnection* create_connection(const ConnectionKey& key);
     // Ends every call of the connection; the connection lingers as Closed.
     void close_connection(ControlConnection& conn, TeardownReason reason);
@@ -227,6 +241,8 @@ private:
     std::unordered_map<OutboundKey, Call*, OutboundKeyHash> by_outbound_;
     // Public IDs in use per outside peer, to refuse at once when the space is full.
     std::unordered_map<std::uint32_t, std::uint32_t> ids_in_use_;
+    // Control connections per inside address, for max_connections_per_host.
+    std::unordered_map<std::uint32_t, std::uint32_t> connections_per_host_;
     std::uint32_t allocation_cursor_ = 0;
 };
 

@@ -17,6 +17,9 @@ namespace nat {
     X(control_messages)              \
     X(control_call_ids_rewritten)    \
     X(control_retransmits_patched)   \
+    X(control_segments_held)         \
+    X(control_segments_released)     \
+    X(control_connections_refused)   \
     X(gre_inbound)                   \
     X(gre_outbound)                  \
     X(transit_packets)               \
@@ -36,8 +39,11 @@ namespace nat {
     X(control_bad_magic_cookie)     \
     X(control_unknown_message_type) \
     X(control_bad_reserved_field)   \
-    X(control_out_of_order_segment) \
-    X(control_split_call_id_field)  \
+    X(control_out_of_state)         \
+    X(control_wrong_sender)         \
+    X(control_bad_protocol_version) \
+    X(control_hold_overflow)        \
+    X(control_hold_timeout)         \
     X(control_unknown_call_id)      \
     X(control_connection_limit)     \
     X(call_limit)                   \

@@ -48,10 +48,6 @@ DropReason drop_reason_for(CallError e) noexcept {
     return DropReason::none;
 }
 
-bool has_call_id_field(const pptp::MessageSpec& spec) noexcept {
-    return pptp::call_id_region_end(spec) != 0;
-}
-
 // Signed distance a - b in sequence space (RFC 793 arithmetic).
 std::int32_t seq_diff(std::uint32_t a, std::uint32_t b) noexcept {
     return static_cast<std::int32_t>(a - b);
@@ -59,8 +55,11 @@ std::int32_t seq_diff(std::uint32_t a, std::uint32_t b) noexcept {
 
 }  // namespace
 
-PacketHandler::PacketHandler(CallTable& table, Counters& counters, DropObserver* observer)
-    : table_(table), counters_(counters), observer_(observer) {}
+PacketHandler::PacketHandler(CallTable& table, Counters& counters, DropObserver* observer, HandlerConfig config)
+    : table_(table), counters_(counters), observer_(observer), config_(config) {
+    segments_.reserve(config_.max_held_segments + 1);
+    scratch_.reserve(config_.max_held_bytes + 0xFFFF);
+}
 
 Verdict PacketHandler::drop(DropReason reason, std::uint32_t source, std::uint32_t destination) {
     counters_.drop(reason);
@@ -68,10 +67,10 @@ Verdict PacketHandler::drop(DropReason reason, std::uint32_t source, std::uint32
     if (observer_ != nullptr) {
         observer_->packet_dropped(reason, source, destination);
     }
-    return Verdict{false, false, reason};
+    return Verdict{false, false, false, 0, reason};
 }
 
-Verdict PacketHandler::handle(Direction direction, std::span<std::uint8_t> packet) {
+Verdict PacketHandler::handle(Direction direction, std::span<std::uint8_t> packet, std::uint32_t packet_id) {
     counters_.add(EventCounter::packets_seen);
     const pptp::Ipv4Parse ip = pptp::parse_ipv4(packet);
     if (ip.error != pptp::Ipv4Error::None) {
@@ -91,9 +90,9 @@ Verdict PacketHandler::handle(Direction direction, std::span<std::uint8_t> packe
     }
     const auto l3 = packet.first(h.total_length);
     Verdict v = h.protocol == pptp::kIpProtoTcp
-                    ? handle_control(direction, l3, h.header_length, h.source, h.destination)
+                    ? handle_control(direction, l3, h.header_length, h.source, h.destination, packet_id)
                     : handle_gre(direction, l3, h.header_length, h.source, h.destination);
-    if (v.accept) {
+    if (v.accept && !v.held) {
         counters_.add(EventCounter::packets_accepted);
         if (v.modified) {
             counters_.add(EventCounter::packets_rewritten);
@@ -131,7 +130,7 @@ Verdict PacketHandler::handle_gre(Direction dir, std::span<std::uint8_t> packet,
         call->packets_in += 1;
         call->bytes_in += l4_bytes;
         call->last_activity = table_.now();
-        return Verdict{true, true, DropReason::none};
+        return Verdict{true, true, false, 0, DropReason::none};
     }
     counters_.add(EventCounter::gre_outbound);
     Call* call = table_.find_outbound(source, destination, gre.header.call_id);
@@ -143,11 +142,11 @@ Verdict PacketHandler::handle_gre(Direction dir, std::span<std::uint8_t> packet,
     call->packets_out += 1;
     call->bytes_out += l4_bytes;
     call->last_activity = table_.now();
-    return Verdict{true, true, DropReason::none};
+    return Verdict{true, true, false, 0, DropReason::none};
 }
 
 Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> packet, std::size_t ip_header_length,
-                                      std::uint32_t source, std::uint32_t destination) {
+                                      std::uint32_t source, std::uint32_t destination, std::uint32_t packet_id) {
     auto segment = packet.subspan(ip_header_length);
     const auto tcp = pptp::parse_tcp(segment);
     if (!tcp) {
@@ -175,6 +174,7 @@ Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> pac
         if (!tcp->ack || conn == nullptr) {
             conn = table_.create_connection(key);
             if (conn == nullptr) {
+                counters_.add(EventCounter::control_connections_refused);
                 return drop(DropReason::control_connection_limit, source, destination);
             }
         }
@@ -183,6 +183,9 @@ Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> pac
         conn->streams[index].next_sequence = tcp->sequence + 1;
         conn->last_activity = table_.now();
         return Verdict{};
+    }
+    if (conn != nullptr && conn->state == ConnectionState::Refused) {
+        return Verdict{};  // the server side was reset; let the peers find out
     }
 
     if (payload_size > 0) {
@@ -194,10 +197,13 @@ Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> pac
         if (conn == nullptr && starts_message && !tcp->rst) {
             conn = table_.create_connection(key);
             if (conn == nullptr) {
+                counters_.add(EventCounter::control_connections_refused);
                 return drop(DropReason::control_connection_limit, source, destination);
             }
+            conn->state = ConnectionState::Established;  // its start went by unseen
         }
         if (conn != nullptr && !conn->streams[index].synchronized && starts_message) {
+            conn->streams[index] = StreamCursor{};
             conn->streams[index].synchronized = true;
             conn->streams[index].next_sequence = tcp->sequence;
         }
@@ -209,24 +215,28 @@ Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> pac
 
     Verdict verdict;
     if (payload_size > 0 && conn->streams[index].synchronized) {
-        verdict = consume_stream(*conn, dir, segment, payload_offset, tcp->sequence);
+        verdict = consume_stream(*conn, dir, packet, ip_header_length, ip_header_length + payload_offset, tcp->sequence,
+                                 packet_id);
         if (!verdict.accept) {
             return drop(verdict.reason, source, destination);
         }
+        if (verdict.held || conn->state == ConnectionState::Refused) {
+            return verdict;
+        }
     }
-    if (tcp->rst) {
-        table_.close_connection(*conn, TeardownReason::TcpReset);
-    } else if (tcp->fin) {
-        table_.close_connection(*conn, TeardownReason::TcpFin);
+    if (tcp->rst || tcp->fin) {
+        table_.close_connection(*conn, tcp->rst ? TeardownReason::TcpReset : TeardownReason::TcpFin);
+        for (std::uint64_t d = 0; d < 2; ++d) {
+            release_held(conn->id * 2 + d, false);
+        }
     }
     return verdict;
 }
 
-bool PacketHandler::segment_splits_call_id(const StreamCursor& cursor,
-                                           std::span<const std::uint8_t> bytes) const noexcept {
-    // Walk message boundaries without side effects. A segment that ends inside
-    // a message's Call ID region (bytes 12 to 14 or 16) cannot be rewritten
-    // consistently: part of a field would already be on its way.
+std::size_t PacketHandler::safe_length(const StreamCursor& cursor, std::span<const std::uint8_t> bytes) {
+    // Walk message boundaries without side effects. Stop before a message's
+    // Call ID region (bytes 12 to 14 or 16) when the bytes end inside it: a
+    // field must be decided whole, so its first byte waits for its last.
     std::size_t offset = cursor.message_offset;
     std::array<std::uint8_t, pptp::kHeaderSize> header{};
     std::memcpy(header.data(), cursor.prefix.data(), std::min<std::size_t>(offset, pptp::kHeaderSize));
@@ -238,20 +248,20 @@ bool PacketHandler::segment_splits_call_id(const StreamCursor& cursor,
                 header[offset++] = bytes[i++];
             }
             if (offset < pptp::kHeaderSize) {
-                return false;  // ends inside bytes 0..11: nothing to rewrite there
+                return bytes.size();  // ends inside bytes 0..11: nothing to decide there
             }
             const auto check = pptp::check_header(header);
             if (check.error != pptp::HeaderError::None) {
-                return false;  // the real pass reports the bad header
+                return bytes.size();  // the real pass reports the bad header
             }
             length = check.header.length;
         }
         const std::size_t take = std::min(length - offset, bytes.size() - i);
         const std::size_t end = offset + take;
-        if (end < length && end > pptp::kHeaderSize) {
+        if (end < length && end > pptp::kHeaderSize && offset <= pptp::kHeaderSize) {
             const auto spec = pptp::message_spec(pptp::load_be16(header.data() + 8));
             if (spec && end < pptp::call_id_region_end(*spec)) {
-                return true;
+                return i + (pptp::kHeaderSize - offset);
             }
         }
         i += take;
@@ -261,49 +271,271 @@ bool PacketHandler::segment_splits_call_id(const StreamCursor& cursor,
             length = 0;
         }
     }
-    return false;
+    return bytes.size();
 }
 
-Verdict PacketHandler::consume_stream(ControlConnection& conn, Direction dir, std::span<std::uint8_t> tcp_segment,
-                                      std::size_t payload_offset, std::uint32_t sequence) {
-    StreamCursor& cursor = conn.streams[static_cast<std::size_t>(dir)];
-    auto payload = tcp_segment.subspan(payload_offset);
-    Verdict verdict;
-    const std::int32_t lead = seq_diff(cursor.next_sequence, sequence);
-    if (lead < 0) {
-        // A gap: bytes before this segment are missing. Dropping it is safe,
-        // TCP sends it again once the gap is filled.
-        return Verdict{false, false, DropReason::control_out_of_order_segment};
+void PacketHandler::patch_stream_byte(std::uint32_t sequence, std::uint8_t original, std::uint8_t value) {
+    for (SegmentRef& seg : segments_) {
+        const std::int32_t at = seq_diff(sequence, seg.sequence);
+        if (at < 0 || seq_diff(sequence, seg.end) >= 0) {
+            continue;
+        }
+        const std::size_t offset = seg.payload_offset + static_cast<std::size_t>(at);
+        if (seg.tcp[offset] == original) {
+            pptp::patch_with_checksum(seg.tcp, offset, std::span<const std::uint8_t>(&value, 1),
+                                      pptp::kTcpChecksumOffset);
+            *seg.modified = true;
+        }
     }
-    const std::size_t old_bytes = std::min<std::size_t>(static_cast<std::size_t>(lead), payload.size());
+}
+
+void PacketHandler::patch_from_log(const StreamCursor& cursor, SegmentRef& segment) {
     // Retransmitted bytes get exactly the rewrite they got the first time.
     for (std::size_t n = 0; n < cursor.rewrite_log_used; ++n) {
         const auto& entry = cursor.rewrite_log[n];
-        const std::int32_t at = seq_diff(entry.sequence, sequence);
-        if (at >= 0 && static_cast<std::size_t>(at) < old_bytes &&
-            payload[static_cast<std::size_t>(at)] == entry.original) {
+        const std::int32_t at = seq_diff(entry.sequence, segment.sequence);
+        if (at < 0 || seq_diff(entry.sequence, segment.end) >= 0 ||
+            seq_diff(entry.sequence, cursor.next_sequence) >= 0) {
+            continue;
+        }
+        const std::size_t offset = segment.payload_offset + static_cast<std::size_t>(at);
+        if (segment.tcp[offset] == entry.original) {
             const std::uint8_t value = entry.rewritten;
-            pptp::patch_with_checksum(tcp_segment, payload_offset + static_cast<std::size_t>(at),
-                                      std::span<const std::uint8_t>(&value, 1), pptp::kTcpChecksumOffset);
-            verdict.modified = true;
+            pptp::patch_with_checksum(segment.tcp, offset, std::span<const std::uint8_t>(&value, 1),
+                                      pptp::kTcpChecksumOffset);
+            *segment.modified = true;
             counters_.add(EventCounter::control_retransmits_patched);
         }
     }
-    auto fresh = payload.subspan(old_bytes);
-    if (fresh.empty()) {
-        return verdict;
+}
+
+bool PacketHandler::hold(std::uint64_t key, std::span<const std::uint8_t> packet, std::size_t tcp_offset,
+                         std::size_t payload_offset, std::uint32_t sequence, std::uint32_t end, std::uint32_t packet_id,
+                         bool modified) {
+    if (deferred_ == nullptr || held_total_ >= config_.max_held_total) {
+        return false;
     }
-    if (segment_splits_call_id(cursor, fresh)) {
-        return Verdict{false, false, DropReason::control_split_call_id_field};
+    auto& list = held_[key];
+    // A resend of a segment we hold replaces it.
+    for (auto it = list.begin(); it != list.end(); ++it) {
+        if (it->sequence == sequence && it->end == end) {
+            deferred_->release(it->packet_id, false, {});
+            list.erase(it);
+            --held_total_;
+            break;
+        }
+    }
+    std::size_t bytes = packet.size();
+    for (const auto& h : list) {
+        bytes += h.packet.size();
+    }
+    if (list.size() >= config_.max_held_segments || bytes > config_.max_held_bytes) {
+        if (list.empty()) {
+            held_.erase(key);
+        }
+        return false;
+    }
+    HeldSegment h;
+    h.packet_id = packet_id;
+    h.sequence = sequence;
+    h.end = end;
+    h.since = table_.now();
+    h.modified = modified;
+    h.tcp_offset = tcp_offset;
+    h.payload_offset = payload_offset;
+    h.packet.assign(packet.begin(), packet.end());
+    list.push_back(std::move(h));
+    ++held_total_;
+    counters_.add(EventCounter::control_segments_held);
+    return true;
+}
+
+void PacketHandler::release_held(std::uint64_t key, bool accept_all) {
+    auto it = held_.find(key);
+    if (it == held_.end()) {
+        return;
+    }
+    for (const auto& h : it->second) {
+        deferred_->release(
+            h.packet_id, accept_all,
+            accept_all && h.modified ? std::span<const std::uint8_t>(h.packet) : std::span<const std::uint8_t>());
+        --held_total_;
+        counters_.add(accept_all ? EventCounter::control_segments_released : EventCounter::packets_dropped);
+    }
+    held_.erase(it);
+}
+
+std::size_t PacketHandler::expire_held() {
+    const Instant now = table_.now();
+    std::size_t dropped = 0;
+    for (auto it = held_.begin(); it != held_.end();) {
+        auto& list = it->second;
+        for (auto h = list.begin(); h != list.end();) {
+            if (now - h->since >= config_.hold_timeout) {
+                // The rest never came: drop it and let TCP resend it whole.
+                deferred_->release(h->packet_id, false, {});
+                counters_.drop(DropReason::control_hold_timeout);
+                counters_.add(EventCounter::packets_dropped);
+                --held_total_;
+                ++dropped;
+                h = list.erase(h);
+            } else {
+                ++h;
+            }
+        }
+        it = list.empty() ? held_.erase(it) : std::next(it);
+    }
+    return dropped;
+}
+
+void PacketHandler::refuse(std::span<std::uint8_t> packet, std::size_t tcp_offset, Verdict& verdict) {
+    // The segment goes on as a bare RST to its receiver, which tears down the
+    // control connection there; the sender's next resend then draws a RST
+    // back. Sequence and ack numbers stay those of the segment.
+    const std::size_t tcp_header = static_cast<std::size_t>(packet[tcp_offset + 12] >> 4U) * 4U;
+    const std::size_t length = tcp_offset + tcp_header;
+    pptp::store_be16(packet.data() + 2, static_cast<std::uint16_t>(length));
+    pptp::store_be16(packet.data() + pptp::kIpv4ChecksumOffset, 0);
+    pptp::store_be16(packet.data() + pptp::kIpv4ChecksumOffset, pptp::ipv4_header_checksum(packet.first(tcp_offset)));
+    auto tcp = packet.subspan(tcp_offset, tcp_header);
+    tcp[13] = 0x14;  // RST + ACK
+    pptp::store_be16(tcp.data() + pptp::kTcpChecksumOffset,
+                     pptp::tcp_checksum_ipv4(pptp::load_be32(packet.data() + pptp::kIpv4SourceOffset),
+                                             pptp::load_be32(packet.data() + pptp::kIpv4DestinationOffset), tcp));
+    verdict = Verdict{true, true, false, length, DropReason::none};
+}
+
+Verdict PacketHandler::consume_stream(ControlConnection& conn, Direction dir, std::span<std::uint8_t> packet,
+                                      std::size_t tcp_offset, std::size_t payload_offset, std::uint32_t sequence,
+                                      std::uint32_t packet_id) {
+    StreamCursor& cursor = conn.streams[static_cast<std::size_t>(dir)];
+    const std::uint64_t key = conn.id * 2 + static_cast<std::uint64_t>(dir);
+    bool current_modified = false;
+    const auto payload_size = static_cast<std::uint32_t>(packet.size() - payload_offset);
+    SegmentRef current{sequence, sequence + payload_size, packet.subspan(tcp_offset), payload_offset - tcp_offset,
+                       &current_modified};
+    patch_from_log(cursor, current);
+    if (seq_diff(current.end, cursor.next_sequence) <= 0) {
+        return Verdict{true, current_modified, false, 0, DropReason::none};  // nothing new
     }
 
-    const StreamCursor saved = cursor;  // restored if this segment is dropped
-    const std::uint32_t fresh_sequence = sequence + static_cast<std::uint32_t>(old_bytes);
+    // The bytes we can read from the stream position on: this segment and
+    // any held ones that continue it.
+    segments_.clear();
+    segments_.push_back(current);
+    auto held = held_.find(key);
+    if (held != held_.end()) {
+        for (HeldSegment& h : held->second) {
+            segments_.push_back(SegmentRef{h.sequence, h.end, std::span<std::uint8_t>(h.packet).subspan(h.tcp_offset),
+                                           h.payload_offset - h.tcp_offset, &h.modified});
+        }
+    }
+    std::uint32_t run_end = cursor.next_sequence;
+    for (bool grew = true; grew;) {
+        grew = false;
+        for (const SegmentRef& seg : segments_) {
+            if (seq_diff(seg.sequence, run_end) <= 0 && seq_diff(seg.end, run_end) > 0) {
+                run_end = seg.end;
+                grew = true;
+            }
+        }
+    }
+    if (seq_diff(run_end, current.end) < 0) {
+        // A gap before this segment: keep it until the gap fills.
+        if (hold(key, packet, tcp_offset, payload_offset, sequence, current.end, packet_id, current_modified)) {
+            return Verdict{true, false, true, 0, DropReason::none};
+        }
+        return Verdict{false, false, false, 0, DropReason::control_hold_overflow};
+    }
+    const auto run_length = static_cast<std::size_t>(seq_diff(run_end, cursor.next_sequence));
+    scratch_.resize(run_length);
+    for (const SegmentRef& seg : segments_) {
+        const std::uint32_t from =
+            seq_diff(seg.sequence, cursor.next_sequence) > 0 ? seg.sequence : cursor.next_sequence;
+        const std::uint32_t to = seq_diff(seg.end, run_end) < 0 ? seg.end : run_end;
+        if (seq_diff(to, from) <= 0) {
+            continue;
+        }
+        std::memcpy(scratch_.data() + seq_diff(from, cursor.next_sequence),
+                    seg.tcp.data() + seg.payload_offset + seq_diff(from, seg.sequence),
+                    static_cast<std::size_t>(seq_diff(to, from)));
+    }
+    const std::size_t take = safe_length(cursor, scratch_);
+
+    const StreamCursor saved = cursor;
+    const Outcome outcome =
+        take_bytes(conn, dir, std::span<const std::uint8_t>(scratch_).first(take), cursor.next_sequence);
+    if (outcome.refuse) {
+        release_held(key, false);
+        Verdict v;
+        refuse(packet, tcp_offset, v);
+        conn.state = ConnectionState::Refused;
+        return v;
+    }
+    if (outcome.violation != DropReason::none && config_.on_violation == ViolationPolicy::Drop) {
+        cursor = saved;
+        release_held(key, false);
+        return Verdict{false, false, false, 0, outcome.violation};
+    }
+    if (!cursor.synchronized) {
+        // Framing lost (a bad header, passed on by policy): stop following
+        // this direction until a segment starts with a valid header.
+        release_held(key, true);
+        return Verdict{true, current_modified, false, 0, DropReason::none};
+    }
+
+    // Release what the stream has now fully taken.
+    held = held_.find(key);
+    if (held != held_.end()) {
+        auto& list = held->second;
+        for (auto h = list.begin(); h != list.end();) {
+            if (seq_diff(h->end, cursor.next_sequence) <= 0) {
+                deferred_->release(
+                    h->packet_id, true,
+                    h->modified ? std::span<const std::uint8_t>(h->packet) : std::span<const std::uint8_t>());
+                counters_.add(EventCounter::control_segments_released);
+                --held_total_;
+                h = list.erase(h);
+            } else {
+                ++h;
+            }
+        }
+        if (list.empty()) {
+            held_.erase(held);
+        }
+    }
+    if (seq_diff(current.end, cursor.next_sequence) <= 0) {
+        return Verdict{true, current_modified, false, 0, DropReason::none};
+    }
+    // Part of this segment waits for bytes still to come.
+    if (hold(key, packet, tcp_offset, payload_offset, sequence, current.end, packet_id, current_modified)) {
+        return Verdict{true, false, true, 0, DropReason::none};
+    }
+    return Verdict{false, false, false, 0, DropReason::control_hold_overflow};
+}
+
+PacketHandler::Outcome PacketHandler::take_bytes(ControlConnection& conn, Direction dir,
+                                                 std::span<const std::uint8_t> bytes, std::uint32_t first_sequence) {
+    StreamCursor& cursor = conn.streams[static_cast<std::size_t>(dir)];
+    Outcome result;
+    // Notes a violation; under the drop policy it ends this pass.
+    auto violated = [&](const Outcome& o, std::string_view what) {
+        result.violation = o.violation;
+        conn.violations += 1;
+        if (config_.on_violation == ViolationPolicy::Accept) {
+            counters_.drop(o.violation);  // passed on, but counted; a dropped segment is counted by its drop
+        }
+        if (observer_ != nullptr) {
+            observer_->control_violation(conn, o.violation, what, config_.on_violation == ViolationPolicy::Drop);
+        }
+        cursor.message_ignored = true;
+        return config_.on_violation == ViolationPolicy::Drop;
+    };
     std::size_t i = 0;
-    while (i < fresh.size()) {
+    while (i < bytes.size()) {
         if (cursor.message_length == 0) {
-            while (cursor.message_offset < pptp::kHeaderSize && i < fresh.size()) {
-                cursor.prefix[cursor.message_offset++] = fresh[i++];
+            while (cursor.message_offset < pptp::kHeaderSize && i < bytes.size()) {
+                cursor.prefix[cursor.message_offset++] = bytes[i++];
             }
             if (cursor.message_offset < pptp::kHeaderSize) {
                 break;
@@ -311,43 +543,57 @@ Verdict PacketHandler::consume_stream(ControlConnection& conn, Direction dir, st
             const auto check =
                 pptp::check_header(std::span<const std::uint8_t>(cursor.prefix).first(pptp::kHeaderSize));
             if (check.error != pptp::HeaderError::None) {
-                cursor = saved;
-                return Verdict{false, false, drop_reason_for(check.error)};
+                Outcome bad;
+                bad.violation = drop_reason_for(check.error);
+                if (violated(bad, pptp::header_error_name(check.error))) {
+                    return result;
+                }
+                cursor.synchronized = false;  // no framing to go by any more
+                return result;
             }
             cursor.message_length = check.header.length;
+            cursor.message_ignored = false;
+            const Outcome start = check_message_start(conn, dir, check.header);
+            if (start.violation != DropReason::none &&
+                violated(start, pptp::control_type_name(check.header.control_type))) {
+                return result;
+            }
             continue;
         }
         const auto header =
             pptp::check_header(std::span<const std::uint8_t>(cursor.prefix).first(pptp::kHeaderSize)).header;
         const std::size_t start_offset = cursor.message_offset;
-        const std::size_t take = std::min<std::size_t>(cursor.message_length - start_offset, fresh.size() - i);
+        const std::size_t take = std::min<std::size_t>(cursor.message_length - start_offset, bytes.size() - i);
         const std::size_t end_offset = start_offset + take;
         for (std::size_t o = start_offset; o < std::min(end_offset, StreamCursor::kPrefixSize); ++o) {
-            cursor.prefix[o] = fresh[i + (o - start_offset)];
+            cursor.prefix[o] = bytes[i + (o - start_offset)];
         }
         const std::size_t region_end = pptp::call_id_region_end(header.spec);
-        if (region_end != 0 && start_offset < region_end && end_offset >= region_end) {
-            const RegionDecision decision = decide_call_ids(conn, dir, header, cursor.prefix);
-            if (decision.drop != DropReason::none) {
-                cursor = saved;
-                return Verdict{false, false, decision.drop};
+        if (!cursor.message_ignored && region_end != 0 && start_offset < region_end && end_offset >= region_end) {
+            const Outcome decision = decide_call_ids(conn, dir, header, cursor.prefix);
+            if (decision.refuse) {
+                return decision;
             }
-            for (std::size_t r = 0; r < decision.rewrite_count; ++r) {
-                const Rewrite& rw = decision.rewrites[r];
-                // Not split (checked above), so the field lies in this segment.
-                const std::size_t at = i + (rw.offset - start_offset);
-                std::array<std::uint8_t, 2> value{};
-                pptp::store_be16(value.data(), rw.value);
-                for (std::size_t b = 0; b < 2; ++b) {
-                    if (fresh[at + b] != value[b]) {
-                        cursor.remember_rewrite(fresh_sequence + static_cast<std::uint32_t>(at + b), fresh[at + b],
-                                                value[b]);
-                    }
+            if (decision.violation != DropReason::none) {
+                if (violated(decision, header.spec.name)) {
+                    return result;
                 }
-                pptp::patch_with_checksum(tcp_segment, payload_offset + old_bytes + at, value,
-                                          pptp::kTcpChecksumOffset);
-                verdict.modified = true;
-                counters_.add(EventCounter::control_call_ids_rewritten);
+            } else {
+                for (std::size_t r = 0; r < decision.rewrite_count; ++r) {
+                    const Rewrite& rw = decision.rewrites[r];
+                    // The region lies in these bytes: taking stops before a partial one.
+                    const std::size_t at = i + (rw.offset - start_offset);
+                    std::array<std::uint8_t, 2> value{};
+                    pptp::store_be16(value.data(), rw.value);
+                    for (std::size_t b = 0; b < 2; ++b) {
+                        if (bytes[at + b] != value[b]) {
+                            const std::uint32_t seq = first_sequence + static_cast<std::uint32_t>(at + b);
+                            cursor.remember_rewrite(seq, bytes[at + b], value[b]);
+                            patch_stream_byte(seq, bytes[at + b], value[b]);
+                        }
+                    }
+                    counters_.add(EventCounter::control_call_ids_rewritten);
+                }
             }
         }
         cursor.message_offset = static_cast<std::uint16_t>(end_offset);
@@ -355,15 +601,22 @@ Verdict PacketHandler::consume_stream(ControlConnection& conn, Direction dir, st
         if (end_offset == cursor.message_length) {
             counters_.add(EventCounter::control_messages);
             conn.messages += 1;
-            message_complete(conn, dir, header,
-                             std::span<const std::uint8_t>(cursor.prefix)
-                                 .first(std::min<std::size_t>(cursor.message_length, StreamCursor::kPrefixSize)));
+            if (!cursor.message_ignored) {
+                const Outcome done = message_complete(
+                    conn, dir, header,
+                    std::span<const std::uint8_t>(cursor.prefix)
+                        .first(std::min<std::size_t>(cursor.message_length, StreamCursor::kPrefixSize)));
+                if (done.violation != DropReason::none && violated(done, header.spec.name)) {
+                    return result;
+                }
+            }
             cursor.message_offset = 0;
             cursor.message_length = 0;
+            cursor.message_ignored = false;
         }
     }
-    cursor.next_sequence = sequence + static_cast<std::uint32_t>(payload.size());
-    return verdict;
+    cursor.next_sequence = first_sequence + static_cast<std::uint32_t>(bytes.size());
+    return result;
 }
 
 Call* PacketHandler::call_named_by(const ControlConnection& conn, Direction dir, const pptp::MessageSpec& spec,
@@ -379,111 +632,152 @@ Call* PacketHandler::call_named_by(const ControlConnection& conn, Direction dir,
     return nullptr;
 }
 
-PacketHandler::RegionDecision PacketHandler::decide_call_ids(ControlConnection& conn, Direction dir,
-                                                             const pptp::ControlHeader& header,
-                                                             std::span<const std::uint8_t> prefix) {
-    RegionDecision d;
-    const pptp::MessageSpec& spec = header.spec;
-    if (!has_call_id_field(spec)) {
-        return d;
+PacketHandler::Outcome PacketHandler::check_message_start(ControlConnection& conn, Direction dir,
+                                                          const pptp::ControlHeader& header) {
+    Outcome o;
+    const auto side = static_cast<std::int8_t>(dir);
+    const ConnectionState s = conn.state;
+    const bool up = s == ConnectionState::Established || s == ConnectionState::Stopping;
+    bool in_state = true;
+    switch (static_cast<ControlType>(header.control_type)) {
+        case ControlType::StartControlConnectionRequest: in_state = s == ConnectionState::TcpOnly; break;
+        case ControlType::StartControlConnectionReply:
+            in_state = s == ConnectionState::WaitStartReply && side != conn.start_requester;
+            break;
+        case ControlType::StopControlConnectionRequest: in_state = up || s == ConnectionState::WaitStartReply; break;
+        case ControlType::StopControlConnectionReply: in_state = s == ConnectionState::Stopping; break;
+        case ControlType::EchoRequest:
+        case ControlType::EchoReply: in_state = up || s == ConnectionState::WaitStartReply; break;
+        case ControlType::OutgoingCallRequest:
+        case ControlType::IncomingCallRequest:
+            // A requester may send its first call request right behind its
+            // Start-Control-Connection-Request (pptpd accepts that).
+            in_state = s == ConnectionState::Established ||
+                       (s == ConnectionState::WaitStartReply && side == conn.start_requester);
+            break;
+        default: in_state = up; break;
     }
+    if (!in_state) {
+        o.violation = DropReason::control_out_of_state;
+        return o;
+    }
+    // Set-Link-Info is PNS-to-PAC in RFC 2637, but Windows servers send it
+    // too; it only names a call, so either side may.
+    const pptp::Sender sender = header.spec.sender;
+    if (sender != pptp::Sender::Either && header.control_type != static_cast<std::uint16_t>(ControlType::SetLinkInfo) &&
+        conn.pns_side >= 0) {
+        const std::int8_t expected =
+            sender == pptp::Sender::Pns ? conn.pns_side : static_cast<std::int8_t>(1 - conn.pns_side);
+        if (side != expected) {
+            o.violation = DropReason::control_wrong_sender;
+        }
+    }
+    return o;
+}
+
+PacketHandler::Outcome PacketHandler::decide_call_ids(ControlConnection& conn, Direction dir,
+                                                      const pptp::ControlHeader& header,
+                                                      std::span<const std::uint8_t> prefix) {
+    Outcome d;
+    const pptp::MessageSpec& spec = header.spec;
     const auto ids = pptp::read_call_ids(spec, prefix);
     const auto type = static_cast<ControlType>(header.control_type);
+    const auto side = static_cast<std::int8_t>(dir);
+    const bool outbound = dir == Direction::Outbound;
+    const bool is_request = type == ControlType::OutgoingCallRequest || type == ControlType::IncomingCallRequest;
+    const bool is_reply = type == ControlType::OutgoingCallReply || type == ControlType::IncomingCallReply;
+    const bool outgoing_kind = type == ControlType::OutgoingCallRequest || type == ControlType::OutgoingCallReply;
     Call* call = nullptr;
 
-    if (dir == Direction::Outbound) {
-        // The inside peer sends: its own Call ID goes out as the public one;
-        // the Peer's Call ID is the outside peer's and passes unchanged.
-        switch (type) {
-            case ControlType::OutgoingCallRequest:
-            case ControlType::IncomingCallRequest: {
-                call = table_.find_by_inside_id(conn, *ids.own);
-                if (call == nullptr) {
-                    const CallResult r = table_.create_call_from_inside(conn, *ids.own);
-                    if (r.call == nullptr) {
-                        d.drop = drop_reason_for(r.error);
-                        return d;
-                    }
-                    call = r.call;
+    if (is_request) {
+        // The sender announces its own Call ID for a new call.
+        call = outbound ? table_.find_by_inside_id(conn, *ids.own) : table_.find_by_outside_id(conn, *ids.own);
+        if (call == nullptr) {
+            const CallResult r = outbound ? table_.create_call_from_inside(conn, *ids.own)
+                                          : table_.create_call_from_outside(conn, *ids.own);
+            if (r.call == nullptr) {
+                d.refuse = true;
+                d.violation = drop_reason_for(r.error);
+                counters_.drop(d.violation);
+                if (observer_ != nullptr) {
+                    observer_->call_refused(conn, *ids.own, d.violation);
                 }
-                break;
+                return d;
             }
-            case ControlType::OutgoingCallReply:
-            case ControlType::IncomingCallReply: {
-                call = table_.find_by_outside_id(conn, *ids.peer);
-                if (call == nullptr) {
-                    d.drop = DropReason::control_unknown_call_id;
-                    return d;
-                }
-                if (const CallError e = table_.assign_inside_id(*call, *ids.own); e != CallError::None) {
-                    d.drop = drop_reason_for(e);
-                    return d;
-                }
-                break;
-            }
-            default:
-                call = call_named_by(conn, dir, spec, prefix);
-                if (call == nullptr) {
-                    d.drop = DropReason::control_unknown_call_id;
-                    return d;
-                }
-                break;
+            call = r.call;
+            call->outgoing = outgoing_kind;
         }
-        if (spec.own_call_id_offset != 0) {
-            d.rewrites[d.rewrite_count++] = Rewrite{spec.own_call_id_offset, call->public_call_id};
-        }
-        return d;
-    }
-
-    // The outside peer sends: its own Call ID is kept; the Peer's Call ID is
-    // the public one and goes in as the inside peer's.
-    switch (type) {
-        case ControlType::OutgoingCallRequest:
-        case ControlType::IncomingCallRequest: {
-            call = table_.find_by_outside_id(conn, *ids.own);
-            if (call == nullptr) {
-                const CallResult r = table_.create_call_from_outside(conn, *ids.own);
-                if (r.call == nullptr) {
-                    d.drop = drop_reason_for(r.error);
-                }
-            }
+        conn.pns_side = type == ControlType::OutgoingCallRequest ? side : static_cast<std::int8_t>(1 - side);
+    } else if (is_reply) {
+        // The answer names the requester's call by the Peer's Call ID.
+        call = outbound ? table_.find_by_outside_id(conn, *ids.peer) : table_.find_by_public_id(conn, *ids.peer);
+        if (call == nullptr) {
+            d.violation = DropReason::control_unknown_call_id;
             return d;
         }
-        case ControlType::OutgoingCallReply:
-        case ControlType::IncomingCallReply:
-            call = table_.find_by_public_id(conn, *ids.peer);
-            if (call == nullptr) {
-                d.drop = DropReason::control_unknown_call_id;
+        if (call->outgoing != outgoing_kind || call->answered) {
+            d.violation = DropReason::control_out_of_state;
+            return d;
+        }
+        if (outbound) {
+            if (const CallError e = table_.assign_inside_id(*call, *ids.own); e != CallError::None) {
+                d.refuse = true;
+                d.violation = drop_reason_for(e);
+                counters_.drop(d.violation);
+                if (observer_ != nullptr) {
+                    observer_->call_refused(conn, *ids.own, d.violation);
+                }
                 return d;
             }
+        } else {
             table_.set_outside_id(*call, *ids.own);
-            break;
-        default:
-            call = call_named_by(conn, dir, spec, prefix);
-            if (call == nullptr) {
-                d.drop = DropReason::control_unknown_call_id;
-                return d;
-            }
-            break;
+        }
+        call->answered = true;
+    } else {
+        call = call_named_by(conn, dir, spec, prefix);
+        if (call == nullptr) {
+            d.violation = DropReason::control_unknown_call_id;
+            return d;
+        }
+        if (type == ControlType::IncomingCallConnected && (call->outgoing || !call->answered)) {
+            d.violation = DropReason::control_out_of_state;
+            return d;
+        }
     }
-    if (spec.peer_call_id_offset != 0) {
+    // The inside peer's own Call ID goes out as the public one; the Peer's
+    // Call ID from outside (a public one) comes in as the inside peer's.
+    if (outbound && spec.own_call_id_offset != 0) {
+        d.rewrites[d.rewrite_count++] = Rewrite{spec.own_call_id_offset, call->public_call_id};
+    }
+    if (!outbound && spec.peer_call_id_offset != 0) {
         d.rewrites[d.rewrite_count++] = Rewrite{spec.peer_call_id_offset, call->inside_call_id};
     }
     return d;
 }
 
-void PacketHandler::message_complete(ControlConnection& conn, Direction dir, const pptp::ControlHeader& header,
-                                     std::span<const std::uint8_t> prefix) {
+PacketHandler::Outcome PacketHandler::message_complete(ControlConnection& conn, Direction dir,
+                                                       const pptp::ControlHeader& header,
+                                                       std::span<const std::uint8_t> prefix) {
+    Outcome o;
     const auto type = static_cast<ControlType>(header.control_type);
     switch (type) {
         case ControlType::StartControlConnectionRequest:
-            if (conn.state == ConnectionState::TcpOnly) {
-                conn.state = ConnectionState::WaitStartReply;
+            if (pptp::read_protocol_version(prefix) != pptp::kProtocolVersion1) {
+                o.violation = DropReason::control_bad_protocol_version;
+                break;
             }
+            conn.state = ConnectionState::WaitStartReply;
+            conn.start_requester = static_cast<std::int8_t>(dir);
             break;
         case ControlType::StartControlConnectionReply:
+            if (pptp::read_protocol_version(prefix) != pptp::kProtocolVersion1) {
+                o.violation = DropReason::control_bad_protocol_version;
+                break;
+            }
             if (pptp::read_result_code(header.control_type, prefix) == pptp::kStartResultOk) {
                 conn.state = ConnectionState::Established;
+            } else {
+                table_.close_connection(conn, TeardownReason::StopControlConnection);
             }
             break;
         case ControlType::StopControlConnectionRequest: conn.state = ConnectionState::Stopping; break;
@@ -516,6 +810,7 @@ void PacketHandler::message_complete(ControlConnection& conn, Direction dir, con
             break;
         default: break;
     }
+    return o;
 }
 
 }  // namespace nat

@@ -177,12 +177,24 @@ void Queue::handle_message(const nlmsghdr* nlh) {
         verdict = sink_->on_packet(meta, packet);
     }
 
+    if (verdict.held) {
+        return;
+    }
+    if (verdict.accept && verdict.modified) {
+        emit_verdict(meta.packet_id, true,
+                     verdict.length != 0 ? packet.first(std::min(verdict.length, packet.size())) : packet);
+    } else {
+        emit_verdict(meta.packet_id, verdict.accept, {});
+    }
+}
+
+void Queue::emit_verdict(std::uint32_t packet_id, bool accept, std::span<const std::uint8_t> packet) {
     if (verdict_bytes_ + kMaxVerdictMessage > verdict_buffer_.size()) {
         flush_verdicts();
     }
     nlmsghdr* out = nfq_nlmsg_put(verdict_buffer_.data() + verdict_bytes_, NFQNL_MSG_VERDICT, config_.queue_number);
-    nfq_nlmsg_verdict_put(out, static_cast<int>(meta.packet_id), verdict.accept ? NF_ACCEPT : NF_DROP);
-    if (verdict.accept && verdict.modified) {
+    nfq_nlmsg_verdict_put(out, static_cast<int>(packet_id), accept ? NF_ACCEPT : NF_DROP);
+    if (accept && !packet.empty()) {
         nfq_nlmsg_verdict_put_pkt(out, packet.data(), static_cast<std::uint32_t>(packet.size()));
     }
     verdict_bytes_ += NLMSG_ALIGN(out->nlmsg_len);

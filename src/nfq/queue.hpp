@@ -33,6 +33,8 @@ struct PacketMeta {
 struct SinkVerdict {
     bool accept = true;
     bool modified = false;
+    bool held = false;       // the sink keeps the packet; its verdict comes later via emit_verdict
+    std::size_t length = 0;  // new length when modified (0 = unchanged)
 };
 
 class PacketSink {
@@ -66,12 +68,16 @@ public:
     // Handles what is ready now (up to max_burst packets) without blocking.
     // Returns the number of packets handled.
     std::size_t process_ready(PacketSink& sink);
+    // Queues a verdict for a packet handled earlier (held back by the sink);
+    // a non-empty `packet` replaces its payload. Sent with the next batch.
+    void emit_verdict(std::uint32_t packet_id, bool accept, std::span<const std::uint8_t> packet);
+    // Sends queued verdicts now.
+    void flush_verdicts();
     [[nodiscard]] const QueueStats& stats() const noexcept { return stats_; }
 
 private:
     void configure();
     void send_config_and_wait_ack(std::vector<char>& buffer, const char* what);
-    void flush_verdicts();
     static int on_message(const struct nlmsghdr* nlh, void* self);
     void handle_message(const struct nlmsghdr* nlh);
 

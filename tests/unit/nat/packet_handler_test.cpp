@@ -23,23 +23,48 @@ struct Flow {
     std::uint32_t in_seq = 50000;
 };
 
+// Records the verdicts of held packets, as the netfilter layer would send them.
+class RecordedVerdicts : public DeferredVerdicts {
+public:
+    struct Entry {
+        std::uint32_t id;
+        bool accept;
+        Bytes packet;  // empty: unchanged
+    };
+    void release(std::uint32_t packet_id, bool accept, std::span<const std::uint8_t> packet) override {
+        entries.push_back(Entry{packet_id, accept, Bytes(packet.begin(), packet.end())});
+    }
+    std::vector<Entry> entries;
+};
+
 class PacketHandlerTest : public ::testing::Test {
 protected:
     explicit PacketHandlerTest(TableConfig config = {}) {
         config.public_address = kPublic;
         table = std::make_unique<CallTable>(config, clock, counters, nullptr);
-        handler = std::make_unique<PacketHandler>(*table, counters);
+        handler = std::make_unique<PacketHandler>(*table, counters, nullptr, handler_config);
+        handler->set_deferred_verdicts(&deferred);
+        handler->enable_port(1723);
+    }
+    PacketHandlerTest(TableConfig config, HandlerConfig hc) : handler_config(hc) {
+        config.public_address = kPublic;
+        table = std::make_unique<CallTable>(config, clock, counters, nullptr);
+        handler = std::make_unique<PacketHandler>(*table, counters, nullptr, handler_config);
+        handler->set_deferred_verdicts(&deferred);
         handler->enable_port(1723);
     }
 
-    Verdict run(Direction dir, Bytes& packet) {
+    Verdict run(Direction dir, Bytes& packet, std::uint32_t id = 0) {
         const Bytes before = packet;
-        const Verdict v = handler->handle(dir, packet);
+        const Verdict v = handler->handle(dir, packet, id == 0 ? ++next_id : id);
         EXPECT_EQ(packet.size(), before.size());
-        if (!v.modified) {
+        if (v.accept && !v.modified) {
             EXPECT_EQ(packet, before) << "packet changed without being marked modified";
         }
-        if (v.accept) {
+        if (v.length != 0) {
+            packet.resize(v.length);
+        }
+        if (v.accept && !v.held) {
             EXPECT_TRUE(ipv4_checksum_ok(packet));
             if (packet[9] == 6) {
                 EXPECT_TRUE(tcp_checksum_ok(packet));
@@ -94,6 +119,9 @@ protected:
 
     ManualClock clock;
     Counters counters;
+    HandlerConfig handler_config;
+    RecordedVerdicts deferred;
+    std::uint32_t next_id = 0;
     std::unique_ptr<CallTable> table;
     std::unique_ptr<PacketHandler> handler;
 };
@@ -266,20 +294,139 @@ TEST_F(PacketHandlerTest, MessageCutAcrossSegmentsOutsideTheCallIdField) {
     EXPECT_EQ(get16(got, 14), 7);
 }
 
-TEST_F(PacketHandlerTest, SegmentEndingInsideACallIdFieldIsHeldBackUntilResent) {
+TEST_F(PacketHandlerTest, SegmentEndingInsideACallIdFieldIsHeldUntilTheFieldIsComplete) {
+    Flow a{kClient1, 40000};
+    Flow b{kClient2, 40000};
+    open(a);
+    open(b);
+    call(a, 0x0707, 300);  // takes public ID 0x0707, so b's 0x0707 must change
+    const Bytes msg = ocrq(0x0707);
+    Bytes first =
+        tcp_packet(b.client, b.server, b.port, 1723, b.out_seq, ACK | PSH, Bytes(msg.begin(), msg.begin() + 13));
+    const Verdict held = run(Direction::Outbound, first, 501);
+    EXPECT_TRUE(held.held);
+    EXPECT_TRUE(deferred.entries.empty());
+    EXPECT_EQ(table->call_count(), 1u);  // not decided yet
+    Bytes second =
+        tcp_packet(b.client, b.server, b.port, 1723, b.out_seq + 13, ACK | PSH, Bytes(msg.begin() + 13, msg.end()));
+    const Verdict v = run(Direction::Outbound, second, 502);
+    ASSERT_TRUE(v.accept);
+    EXPECT_FALSE(v.held);
+    ASSERT_EQ(deferred.entries.size(), 1u);
+    const auto& released = deferred.entries[0];
+    EXPECT_EQ(released.id, 501u);
+    EXPECT_TRUE(released.accept);
+    ASSERT_FALSE(released.packet.empty()) << "its Call ID byte was rewritten";
+    EXPECT_TRUE(tcp_checksum_ok(released.packet));
+    EXPECT_TRUE(ipv4_checksum_ok(released.packet));
+    const Bytes p1 = tcp_payload(released.packet);
+    const Bytes p2 = tcp_payload(second);
+    const std::uint16_t public_id = static_cast<std::uint16_t>((p1[12] << 8) | p2[0]);
+    EXPECT_NE(public_id, 0x0707);
+    EXPECT_EQ(table->find_inbound(kServer, public_id)->inside_address, kClient2);
+    b.out_seq += static_cast<std::uint32_t>(msg.size());
+    const Bytes got = in(b, ocrp(301, public_id));
+    EXPECT_EQ(get16(got, 14), 0x0707);
+}
+
+TEST_F(PacketHandlerTest, AnyCutOfAnyMessageGivesTheSameStream) {
+    // Every cut position of Outgoing-Call-Request and Outgoing-Call-Reply:
+    // the bytes that leave equal the bytes of the uncut message, rewritten.
+    for (std::size_t cut = 1; cut < 32; ++cut) {
+        SCOPED_TRACE(cut);
+        Flow a{kClient1, static_cast<std::uint16_t>(41000 + cut)};
+        Flow b{kClient2, static_cast<std::uint16_t>(41000 + cut)};
+        open(a);
+        open(b);
+        const std::uint16_t taken = call(a, 9, 300);
+        const Bytes msg = ocrq(9);
+        deferred.entries.clear();
+        Bytes one = tcp_packet(b.client, b.server, b.port, 1723, b.out_seq, ACK | PSH,
+                               Bytes(msg.begin(), msg.begin() + static_cast<long>(cut)));
+        Bytes two = tcp_packet(b.client, b.server, b.port, 1723, b.out_seq + static_cast<std::uint32_t>(cut), ACK | PSH,
+                               Bytes(msg.begin() + static_cast<long>(cut), msg.end()));
+        const Verdict v1 = run(Direction::Outbound, one, 1000);
+        const Verdict v2 = run(Direction::Outbound, two, 1001);
+        ASSERT_TRUE(v1.accept && v2.accept && !v2.held);
+        Bytes out1 = v1.held ? (deferred.entries.at(0).packet.empty() ? one : deferred.entries.at(0).packet) : one;
+        Bytes stream = concat({tcp_payload(out1), tcp_payload(two)});
+        ASSERT_EQ(stream.size(), msg.size());
+        const std::uint16_t public_id = get16(stream, 12);
+        EXPECT_NE(public_id, taken);
+        Bytes expected = msg;
+        put16(expected, 12, public_id);
+        EXPECT_EQ(stream, expected);
+        b.out_seq += static_cast<std::uint32_t>(msg.size());
+        // And the reply, cut at the same place.
+        const Bytes reply = ocrp(400 + static_cast<std::uint16_t>(cut), public_id);
+        deferred.entries.clear();
+        Bytes r1 = tcp_packet(b.server, b.client, 1723, b.port, b.in_seq, ACK | PSH,
+                              Bytes(reply.begin(), reply.begin() + static_cast<long>(cut)));
+        Bytes r2 = tcp_packet(b.server, b.client, 1723, b.port, b.in_seq + static_cast<std::uint32_t>(cut), ACK | PSH,
+                              Bytes(reply.begin() + static_cast<long>(cut), reply.end()));
+        const Verdict w1 = run(Direction::Inbound, r1, 2000);
+        const Verdict w2 = run(Direction::Inbound, r2, 2001);
+        ASSERT_TRUE(w1.accept && w2.accept && !w2.held);
+        Bytes in1 = w1.held ? (deferred.entries.at(0).packet.empty() ? r1 : deferred.entries.at(0).packet) : r1;
+        const Bytes back = concat({tcp_payload(in1), tcp_payload(r2)});
+        EXPECT_EQ(get16(back, 14), 9);
+        EXPECT_EQ(get16(back, 12), 400 + cut);
+        b.in_seq += static_cast<std::uint32_t>(reply.size());
+        EXPECT_TRUE(gre_in(kServer, kPublic, public_id).accept);
+    }
+}
+
+TEST_F(PacketHandlerTest, OutOfOrderSegmentIsHeldUntilTheGapFills) {
+    Flow a{kClient1, 40000};
+    Flow b{kClient2, 40000};
+    open(a);
+    open(b);
+    call(a, 7, 300);
+    const Bytes msg = ocrq(7);
+    Bytes late =
+        tcp_packet(b.client, b.server, b.port, 1723, b.out_seq + 100, ACK | PSH, Bytes(msg.begin() + 100, msg.end()));
+    const Verdict v1 = run(Direction::Outbound, late, 601);
+    EXPECT_TRUE(v1.held);
+    Bytes early =
+        tcp_packet(b.client, b.server, b.port, 1723, b.out_seq, ACK | PSH, Bytes(msg.begin(), msg.begin() + 100));
+    const Verdict v2 = run(Direction::Outbound, early, 602);
+    EXPECT_TRUE(v2.accept);
+    EXPECT_FALSE(v2.held);
+    ASSERT_EQ(deferred.entries.size(), 1u);
+    EXPECT_EQ(deferred.entries[0].id, 601u);
+    EXPECT_TRUE(deferred.entries[0].accept);
+    EXPECT_NE(get16(tcp_payload(early), 12), 7);  // rewritten in the in-order part
+    EXPECT_EQ(table->call_count(), 2u);
+}
+
+TEST_F(PacketHandlerTest, HeldSegmentsTimeOutAsDrops) {
     Flow f{kClient1, 40000};
     open(f);
-    const Bytes msg = ocrq(7);
-    Verdict v;
-    out(f, Bytes(msg.begin(), msg.begin() + 13), &v);
+    Bytes ahead = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq + 16, ACK | PSH, ocrq(7));
+    EXPECT_TRUE(run(Direction::Outbound, ahead, 700).held);
+    EXPECT_EQ(handler->held_segments(), 1u);
+    clock.advance(std::chrono::milliseconds(1999));
+    EXPECT_EQ(handler->expire_held(), 0u);
+    clock.advance(std::chrono::milliseconds(1));
+    EXPECT_EQ(handler->expire_held(), 1u);
+    ASSERT_EQ(deferred.entries.size(), 1u);
+    EXPECT_EQ(deferred.entries[0].id, 700u);
+    EXPECT_FALSE(deferred.entries[0].accept);
+    EXPECT_EQ(counters.get(DropReason::control_hold_timeout), 1u);
+    EXPECT_EQ(handler->held_segments(), 0u);
+}
+
+TEST_F(PacketHandlerTest, HoldingIsBounded) {
+    Flow f{kClient1, 40000};
+    open(f);
+    for (std::uint32_t i = 0; i < handler->config().max_held_segments; ++i) {
+        Bytes p = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq + 100 + i * 10, ACK | PSH, Bytes(10, 0));
+        EXPECT_TRUE(run(Direction::Outbound, p).held);
+    }
+    Bytes one_more = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq + 1000, ACK | PSH, Bytes(10, 0));
+    const Verdict v = run(Direction::Outbound, one_more);
     EXPECT_FALSE(v.accept);
-    EXPECT_EQ(v.reason, DropReason::control_split_call_id_field);
-    EXPECT_EQ(table->call_count(), 0u);
-    // TCP resends; a resend that carries the whole field goes through.
-    const Bytes sent = out(f, msg, &v);
-    EXPECT_TRUE(v.accept);
-    EXPECT_EQ(get16(sent, 12), 7);
-    EXPECT_EQ(table->call_count(), 1u);
+    EXPECT_EQ(v.reason, DropReason::control_hold_overflow);
 }
 
 TEST_F(PacketHandlerTest, RetransmissionIsRewrittenIdentically) {
@@ -300,15 +447,6 @@ TEST_F(PacketHandlerTest, RetransmissionIsRewrittenIdentically) {
     EXPECT_TRUE(run(Direction::Outbound, tail).accept);
     EXPECT_EQ(tcp_payload(tail), Bytes(first.begin() + 10, first.end()));
     EXPECT_EQ(table->call_count(), 2u);
-}
-
-TEST_F(PacketHandlerTest, OutOfOrderSegmentIsDropped) {
-    Flow f{kClient1, 40000};
-    open(f);
-    Bytes ahead = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq + 16, ACK | PSH, ocrq(7));
-    const Verdict v = run(Direction::Outbound, ahead);
-    EXPECT_FALSE(v.accept);
-    EXPECT_EQ(v.reason, DropReason::control_out_of_order_segment);
 }
 
 TEST_F(PacketHandlerTest, PeerCallIdOfAnotherConnectionIsRefused) {
@@ -417,11 +555,138 @@ TEST_F(SmallIdSpaceTest, ExhaustionRefusesTheNewCallAndKeepsTheOld) {
     open(a);
     open(b);
     EXPECT_EQ(call(a, 7, 300), 40);
-    Verdict v;
-    out(b, ocrq(7), &v);
-    EXPECT_FALSE(v.accept);
+    Bytes p = tcp_packet(b.client, b.server, b.port, 1723, b.out_seq, ACK | PSH, ocrq(7));
+    const Verdict v = run(Direction::Outbound, p);
+    // The request goes on as a bare RST: the server drops the control
+    // connection and the client's next resend is answered with a reset.
+    ASSERT_TRUE(v.accept);
+    EXPECT_EQ(v.length, 40u);
+    EXPECT_EQ(p.size(), 40u);
+    EXPECT_EQ(p[33] & 0x04, 0x04);
+    EXPECT_TRUE(tcp_checksum_ok(p));
     EXPECT_EQ(counters.get(DropReason::call_id_space_exhausted), 1u);
+    EXPECT_EQ(table->find_connection(ConnectionKey{kClient2, kServer, 40000, 1723})->state, ConnectionState::Refused);
+    // Further segments of that connection pass untouched.
+    Bytes again = tcp_packet(b.client, b.server, b.port, 1723, b.out_seq, ACK | PSH, ocrq(7));
+    const Verdict v2 = run(Direction::Outbound, again);
+    EXPECT_TRUE(v2.accept);
+    EXPECT_FALSE(v2.modified);
     EXPECT_TRUE(gre_in(kServer, kPublic, 40).accept);
+    EXPECT_EQ(table->call_count(), 1u);
+}
+
+class StrictStateTest : public PacketHandlerTest {};
+
+TEST_F(StrictStateTest, CallRequestBeforeStartIsOutOfState) {
+    Flow f{kClient1, 40000};
+    Bytes syn = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq - 1, SYN, {});
+    run(Direction::Outbound, syn);
+    Verdict v;
+    out(f, ocrq(7), &v);
+    EXPECT_FALSE(v.accept);
+    EXPECT_EQ(v.reason, DropReason::control_out_of_state);
+    EXPECT_EQ(table->call_count(), 0u);
+}
+
+TEST_F(StrictStateTest, CallRequestRightBehindStartRequestIsAccepted) {
+    Flow f{kClient1, 40000};
+    Bytes syn = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq - 1, SYN, {});
+    run(Direction::Outbound, syn);
+    Verdict v;
+    out(f, concat({sccrq(), ocrq(7)}), &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(table->call_count(), 1u);
+}
+
+TEST_F(StrictStateTest, ReplyFromTheWrongSideIsRefused) {
+    Flow f{kClient1, 40000};
+    open(f);
+    out(f, ocrq(7));
+    Verdict v;
+    out(f, ocrp(7, 7), &v);  // the PNS cannot answer its own request
+    EXPECT_FALSE(v.accept);
+    EXPECT_EQ(v.reason, DropReason::control_wrong_sender);
+}
+
+TEST_F(StrictStateTest, SecondReplyIsOutOfState) {
+    Flow f{kClient1, 40000};
+    open(f);
+    call(f, 7, 300);
+    Verdict v;
+    in(f, ocrp(301, 7), &v);
+    EXPECT_FALSE(v.accept);
+    EXPECT_EQ(v.reason, DropReason::control_out_of_state);
+}
+
+TEST_F(StrictStateTest, VersionOtherThanOneIsRefused) {
+    Flow f{kClient1, 40000};
+    Bytes syn = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq - 1, SYN, {});
+    run(Direction::Outbound, syn);
+    Bytes start = sccrq();
+    put16(start, 12, 0x0200);
+    Verdict v;
+    out(f, start, &v);
+    EXPECT_FALSE(v.accept);
+    EXPECT_EQ(v.reason, DropReason::control_bad_protocol_version);
+}
+
+TEST_F(StrictStateTest, ConnectedWithoutIncomingCallIsOutOfState) {
+    Flow f{kClient1, 40000};
+    open(f);
+    const std::uint16_t id = call(f, 7, 300);
+    Verdict v;
+    in(f, iccn(id), &v);
+    EXPECT_FALSE(v.accept);
+    EXPECT_EQ(v.reason, DropReason::control_out_of_state);
+}
+
+class AcceptPolicyTest : public PacketHandlerTest {
+protected:
+    static HandlerConfig accept_policy() {
+        HandlerConfig c;
+        c.on_violation = ViolationPolicy::Accept;
+        return c;
+    }
+    AcceptPolicyTest() : PacketHandlerTest(TableConfig{}, accept_policy()) {}
+};
+
+TEST_F(AcceptPolicyTest, ViolationsPassUnchangedAndTheStreamGoesOn) {
+    Flow a{kClient1, 40000};
+    Flow b{kClient2, 40000};
+    open(a);
+    open(b);
+    const std::uint16_t pa = call(a, 7, 300);
+    Verdict v;
+    const Bytes passed = in(b, wen(pa), &v);  // a's call named on b's connection
+    EXPECT_TRUE(v.accept);
+    EXPECT_FALSE(v.modified);
+    EXPECT_EQ(get16(passed, 12), pa);  // never rewritten
+    EXPECT_EQ(counters.get(DropReason::control_unknown_call_id), 1u);
+    const std::uint16_t pb = call(b, 7, 301);  // the stream is still followed
+    EXPECT_NE(pb, pa);
+}
+
+class PerHostLimitTest : public PacketHandlerTest {
+protected:
+    static TableConfig two_per_host() {
+        TableConfig c;
+        c.max_connections_per_host = 2;
+        return c;
+    }
+    PerHostLimitTest() : PacketHandlerTest(two_per_host()) {}
+};
+
+TEST_F(PerHostLimitTest, ExtraConnectionsOfOneHostAreRefused) {
+    for (std::uint16_t port = 40000; port < 40002; ++port) {
+        Bytes syn = tcp_packet(kClient1, kServer, port, 1723, 1, SYN, {});
+        EXPECT_TRUE(run(Direction::Outbound, syn).accept);
+    }
+    Bytes third = tcp_packet(kClient1, kServer, 40002, 1723, 1, SYN, {});
+    const Verdict v = run(Direction::Outbound, third);
+    EXPECT_FALSE(v.accept);
+    EXPECT_EQ(v.reason, DropReason::control_connection_limit);
+    Bytes other_host = tcp_packet(kClient2, kServer, 40002, 1723, 1, SYN, {});
+    EXPECT_TRUE(run(Direction::Outbound, other_host).accept);
 }
 
 }  // namespace
