@@ -81,11 +81,54 @@ nlohmann::json stats(ApiContext& ctx) {
                              {"counters", counters},
                              {"dropped", drops},
                              {"live_calls", ctx.table.call_count()},
-                             {"live_connections", ctx.table.connection_count()}};
+                             {"live_connections", ctx.table.connection_count()},
+                             {"held_segments", ctx.handler.held_segments()}};
     if (ctx.io_stats) {
         result["queue"] = ctx.io_stats();
     }
+    if (ctx.fixup_ports) {
+        result["fixup_ports"] = ctx.fixup_ports();
+    }
     return result;
+}
+
+nlohmann::json fixup(const nlohmann::json& request, ApiContext& ctx) {
+    const std::string action = request.value("action", std::string("list"));
+    if (action == "list") {
+        return {{"ok", true}, {"fixup_ports", ctx.fixup_ports ? ctx.fixup_ports() : std::vector<std::uint16_t>{}}};
+    }
+    if (action != "enable" && action != "disable") {
+        return error("fixup action must be list, enable or disable");
+    }
+    if (!request.contains("port") || !request["port"].is_number_integer() || request["port"].get<long long>() < 1 ||
+        request["port"].get<long long>() > 65535) {
+        return error("fixup " + action + " needs \"port\": 1-65535");
+    }
+    if (!ctx.set_fixup_port) {
+        return error("fixup changes are not available");
+    }
+    const auto port = static_cast<std::uint16_t>(request["port"].get<long long>());
+    if (const std::string failure = ctx.set_fixup_port(port, action == "enable"); !failure.empty()) {
+        return error(failure);
+    }
+    return {{"ok", true}, {"fixup_ports", ctx.fixup_ports()}};
+}
+
+nlohmann::json clear(const nlohmann::json& request, ApiContext& ctx) {
+    if (request.value("all", false)) {
+        const std::size_t calls = ctx.table.call_count();
+        ctx.table.clear_all(nat::TeardownReason::Cleared);
+        return {{"ok", true}, {"cleared", calls}};
+    }
+    if (!request.contains("session") || !request["session"].is_number_unsigned()) {
+        return error("clear needs \"session\": ID or \"all\": true");
+    }
+    nat::Call* call = ctx.table.find_call(request["session"].get<std::uint64_t>());
+    if (call == nullptr) {
+        return error("no session " + std::to_string(request["session"].get<std::uint64_t>()));
+    }
+    ctx.table.remove_call(*call, nat::TeardownReason::Cleared);
+    return {{"ok", true}, {"cleared", 1}};
 }
 
 }  // namespace
@@ -108,6 +151,45 @@ nlohmann::json session_json(const nat::Call& call, nat::Instant now) {
             {"idle_seconds", seconds_since(call.last_activity, now)}};
 }
 
+std::string metrics_text(ApiContext& ctx) {
+    std::string out;
+    auto line = [&out](const std::string& text) { out += text + "\n"; };
+    line("# HELP pptp_fixup_events_total Events counted by pptp-fixupd.");
+    line("# TYPE pptp_fixup_events_total counter");
+    for (std::size_t i = 0; i < static_cast<std::size_t>(nat::EventCounter::count_); ++i) {
+        line("pptp_fixup_events_total{event=\"" + std::string(nat::counter_name(static_cast<nat::EventCounter>(i))) +
+             "\"} " + std::to_string(ctx.counters.events[i]));
+    }
+    line("# HELP pptp_fixup_dropped_total Packets dropped and control messages refused, by reason.");
+    line("# TYPE pptp_fixup_dropped_total counter");
+    for (std::size_t i = 1; i < static_cast<std::size_t>(nat::DropReason::count_); ++i) {
+        line("pptp_fixup_dropped_total{reason=\"" +
+             std::string(nat::drop_reason_name(static_cast<nat::DropReason>(i))) + "\"} " +
+             std::to_string(ctx.counters.drops[i]));
+    }
+    line("# HELP pptp_fixup_live_calls PPTP calls being translated now.");
+    line("# TYPE pptp_fixup_live_calls gauge");
+    line("pptp_fixup_live_calls " + std::to_string(ctx.table.call_count()));
+    line("# HELP pptp_fixup_live_connections PPTP control connections tracked now.");
+    line("# TYPE pptp_fixup_live_connections gauge");
+    line("pptp_fixup_live_connections " + std::to_string(ctx.table.connection_count()));
+    line("# HELP pptp_fixup_held_segments Control segments held back, waiting for the rest of a field or a gap.");
+    line("# TYPE pptp_fixup_held_segments gauge");
+    line("pptp_fixup_held_segments " + std::to_string(ctx.handler.held_segments()));
+    if (ctx.io_stats) {
+        const nlohmann::json io = ctx.io_stats();
+        for (const auto& [layer, values] : io.items()) {
+            for (const auto& [name, value] : values.items()) {
+                const std::string metric = "pptp_fixup_" + layer + "_queue_" + name;
+                const bool gauge = name == "length";
+                line("# TYPE " + metric + (gauge ? " gauge" : " counter"));
+                line(metric + " " + value.dump());
+            }
+        }
+    }
+    return out;
+}
+
 nlohmann::json handle_request(const nlohmann::json& request, ApiContext& context) {
     const auto command = request.value("command", std::string());
     if (command == "sessions") {
@@ -119,7 +201,16 @@ nlohmann::json handle_request(const nlohmann::json& request, ApiContext& context
     if (command == "stats") {
         return stats(context);
     }
-    return error("unknown command \"" + command + "\" (known: sessions, connections, stats)");
+    if (command == "metrics") {
+        return {{"ok", true}, {"metrics", metrics_text(context)}};
+    }
+    if (command == "fixup") {
+        return fixup(request, context);
+    }
+    if (command == "clear") {
+        return clear(request, context);
+    }
+    return error("unknown command \"" + command + "\" (known: sessions, connections, stats, metrics, fixup, clear)");
 }
 
 }  // namespace control

@@ -2,7 +2,11 @@
 // Field names here are API: pptp-fixupctl and scripts read them.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 #include "nat/call_table.hpp"
 #include "nat/counters.hpp"
@@ -14,11 +18,16 @@ struct ApiContext {
     nat::CallTable& table;
     const nat::Counters& counters;
     nat::PacketHandler& handler;
-    // Extra counters from the I/O layer (queue stats), merged into "stats".
+    // Counters of the I/O layer: {"agent": {...}, "kernel": {...}}, numbers only.
     std::function<nlohmann::json()> io_stats;
+    // Turns the fixup on or off for a port (rules included); "" or why not.
+    std::function<std::string(std::uint16_t port, bool enable)> set_fixup_port;
+    std::function<std::vector<std::uint16_t>()> fixup_ports;
 };
 
 [[nodiscard]] nlohmann::json session_json(const nat::Call& call, nat::Instant now);
+// Prometheus text exposition format of the same counters as "stats".
+[[nodiscard]] std::string metrics_text(ApiContext& context);
 [[nodiscard]] nlohmann::json handle_request(const nlohmann::json& request, ApiContext& context);
 
 }  // namespace control

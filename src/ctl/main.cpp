@@ -36,7 +36,26 @@ COMMANDS
       control connections (TCP) with their state and number of calls.
   stats
       counters: packets seen, accepted, rewritten, dropped by reason, calls
-      built and torn down, queue statistics.
+      built and torn down, the agent's queue statistics and the kernel's
+      (queue length, packets the kernel dropped because the queue was full
+      or the agent was not reading: /proc/net/netfilter/nfnetlink_queue).
+  metrics
+      the same counters in the Prometheus text format.
+  fixup list | fixup enable PORT | fixup disable PORT
+      the TCP ports whose PPTP control connections are inspected, like
+      "fixup protocol pptp PORT" / "no fixup protocol pptp PORT". Takes
+      effect at once; the daemon updates the queue rules (pptp-fixup-rules).
+      Disabling a port tears down its control connections and their calls.
+  clear session ID | clear all
+      tear down one call (ID from "sessions") or every call and connection.
+
+EXIT STATUS
+  0 when the daemon answered ok, 1 otherwise (with one line on stderr).
+
+EXAMPLES
+  pptp-fixupctl sessions --inside 198.18.0.11
+  pptp-fixupctl --json sessions | jq '.sessions[].public_call_id'
+  pptp-fixupctl fixup enable 1724
 
 OPTIONS)";
 
@@ -156,10 +175,15 @@ void print_stats(const json& reply) {
         }
     }
     if (reply.contains("queue")) {
-        std::cout << "\nqueue\n";
-        for (const auto& [name, value] : reply["queue"].items()) {
-            std::cout << "  " << std::left << std::setw(34) << name << value << '\n';
+        for (const auto& [layer, values] : reply["queue"].items()) {
+            std::cout << "\nqueue (" << layer << ")\n";
+            for (const auto& [name, value] : values.items()) {
+                std::cout << "  " << std::left << std::setw(34) << name << value << '\n';
+            }
         }
+    }
+    if (reply.contains("fixup_ports")) {
+        std::cout << "\nfixup ports " << reply["fixup_ports"].dump() << '\n';
     }
 }
 
@@ -175,23 +199,39 @@ int main(int argc, char** argv) {
         "socket,s", po::value<std::string>(&socket_path)->default_value(kDefaultSocket),
         "control socket of pptp-fixupd")("json,j", po::bool_switch(&as_json),
                                          "print the daemon's JSON answer instead of a table");
-    po::options_description hidden;
-    hidden.add_options()("command", po::value<std::string>(&command))("args",
-                                                                      po::value<std::vector<std::string>>(&rest));
-    po::options_description all;
-    all.add(visible).add(hidden);
-    po::positional_options_description positional;
-    positional.add("command", 1).add("args", -1);
     try {
         po::variables_map vm;
-        po::store(po::command_line_parser(argc, argv).options(all).positional(positional).allow_unregistered().run(),
-                  vm);
+        // Options of a command (sessions --inside A) are not ours: keep them,
+        // in order, with the command's other words.
+        const auto parsed = po::command_line_parser(argc, argv).options(visible).allow_unregistered().run();
+        po::store(parsed, vm);
         po::notify(vm);
+        const auto words = po::collect_unrecognized(parsed.options, po::include_positional);
+        if (!words.empty()) {
+            command = words[0];
+            rest.assign(words.begin() + 1, words.end());
+        }
         if (vm.count("help") != 0U || command.empty()) {
             std::cout << kHelp << '\n' << visible << '\n';
             return command.empty() && vm.count("help") == 0U ? 1 : 0;
         }
         json request{{"command", command}};
+        auto need_args = [&](std::size_t n, const char* usage) {
+            if (rest.size() != n) {
+                throw UsageError(std::string("usage: pptp-fixupctl ") + usage);
+            }
+        };
+        auto port_or_id = [](const std::string& text, const char* what) -> std::uint64_t {
+            try {
+                std::size_t used = 0;
+                const unsigned long long v = std::stoull(text, &used);
+                if (used == text.size()) {
+                    return v;
+                }
+            } catch (const std::exception&) {
+            }
+            throw UsageError(std::string("invalid ") + what + " '" + text + "'");
+        };
         if (command == "sessions") {
             for (std::size_t i = 0; i < rest.size(); ++i) {
                 if ((rest[i] == "--inside" || rest[i] == "--outside") && i + 1 < rest.size()) {
@@ -201,7 +241,30 @@ int main(int argc, char** argv) {
                     throw UsageError("unknown argument to sessions: " + rest[i]);
                 }
             }
-        } else if (command != "connections" && command != "stats") {
+        } else if (command == "fixup") {
+            if (rest.empty() || rest[0] == "list") {
+                need_args(rest.empty() ? 0 : 1, "fixup list");
+                request["action"] = "list";
+            } else if (rest[0] == "enable" || rest[0] == "disable") {
+                need_args(2, "fixup enable|disable PORT");
+                const std::uint64_t port = port_or_id(rest[1], "port");
+                if (port < 1 || port > 65535) {
+                    throw UsageError("invalid port '" + rest[1] + "': expected 1-65535");
+                }
+                request["action"] = rest[0];
+                request["port"] = port;
+            } else {
+                throw UsageError("usage: pptp-fixupctl fixup list|enable PORT|disable PORT");
+            }
+        } else if (command == "clear") {
+            if (rest.size() == 1 && rest[0] == "all") {
+                request["all"] = true;
+            } else if (rest.size() == 2 && rest[0] == "session") {
+                request["session"] = port_or_id(rest[1], "session ID");
+            } else {
+                throw UsageError("usage: pptp-fixupctl clear session ID | clear all");
+            }
+        } else if (command != "connections" && command != "stats" && command != "metrics") {
             throw UsageError("unknown command '" + command + "' (see --help)");
         } else if (!rest.empty()) {
             throw UsageError("'" + command + "' takes no arguments");
@@ -215,6 +278,16 @@ int main(int argc, char** argv) {
             print_sessions(reply);
         } else if (command == "connections") {
             print_connections(reply);
+        } else if (command == "metrics") {
+            std::cout << reply.value("metrics", std::string());
+        } else if (command == "fixup") {
+            std::cout << "fixup protocol pptp:";
+            for (const auto& p : reply["fixup_ports"]) {
+                std::cout << ' ' << p;
+            }
+            std::cout << (reply["fixup_ports"].empty() ? " (none)\n" : "\n");
+        } else if (command == "clear") {
+            std::cout << "cleared " << reply.value("cleared", 0) << " session(s)\n";
         } else {
             print_stats(reply);
         }

@@ -5,10 +5,12 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <fstream>
 #include <sstream>
 #include <stdexcept>
 
@@ -89,7 +91,8 @@ void EventLog::call_refused(const nat::ControlConnection& conn, std::uint16_t ca
     logging::write(logging::Level::Warning, "400003", s.str());
 }
 
-Agent::Agent(const daemon_options::Options& options) : options_(options) {
+Agent::Agent(const daemon_options::Options& options, std::vector<std::string> argv)
+    : options_(options), argv_(std::move(argv)) {
     logging::set_level(options_.log_level);
     outside_ifindex_ = nfq::interface_index(options_.outside_interface);
     nat::TableConfig table_config = options_.table;
@@ -132,18 +135,20 @@ Agent::Agent(const daemon_options::Options& options) : options_(options) {
     queue_config.max_burst = options_.burst;
     queue_ = std::make_unique<nfq::Queue>(queue_config);
 
-    api_ = std::make_unique<control::ApiContext>(control::ApiContext{*table_, counters_, *handler_, [this] {
-                                                                         const nfq::QueueStats& q = queue_->stats();
-                                                                         return nlohmann::json{
-                                                                             {"received", q.received},
-                                                                             {"verdicts_sent", q.verdicts_sent},
-                                                                             {"batches_sent", q.batches_sent},
-                                                                             {"receive_overruns", q.receive_overruns},
-                                                                             {"send_errors", q.send_errors}};
-                                                                     }});
+    api_ = std::make_unique<control::ApiContext>(
+        control::ApiContext{*table_, counters_, *handler_, [this] { return io_stats(); },
+                            [this](std::uint16_t port, bool enable) { return set_fixup_port(port, enable); },
+                            [this] { return fixup_ports(); }});
     control_ = std::make_unique<control::Server>(options_.control_socket, [this](const nlohmann::json& request) {
         return control::handle_request(request, *api_);
     });
+
+    if (options_.manage_rules) {
+        if (const std::string failure = apply_rules(rules_settings(), fixup_ports()); !failure.empty()) {
+            throw std::runtime_error("cannot install the rules: " + failure);
+        }
+        rules_installed_ = true;
+    }
 
     std::ostringstream ports;
     for (std::size_t i = 0; i < options_.fixup_ports.size(); ++i) {
@@ -174,6 +179,118 @@ nfq::SinkVerdict Agent::on_packet(const nfq::PacketMeta& meta, std::span<std::ui
     }
     const nat::Verdict v = handler_->handle(direction, packet, meta.packet_id);
     return nfq::SinkVerdict{v.accept, v.modified, v.held, v.length};
+}
+
+RulesSettings Agent::rules_settings() const {
+    return RulesSettings{options_.rules_command, options_.outside_interface, options_.queue};
+}
+
+std::vector<std::uint16_t> Agent::fixup_ports() const {
+    std::vector<std::uint16_t> ports;
+    for (std::uint32_t p = 1; p <= 65535; ++p) {
+        if (handler_->port_enabled(static_cast<std::uint16_t>(p))) {
+            ports.push_back(static_cast<std::uint16_t>(p));
+        }
+    }
+    return ports;
+}
+
+std::string Agent::set_fixup_port(std::uint16_t port, bool enable) {
+    if (handler_->port_enabled(port) == enable) {
+        return {};
+    }
+    enable ? handler_->enable_port(port) : handler_->disable_port(port);
+    if (const std::string failure = apply_rules(rules_settings(), fixup_ports()); !failure.empty()) {
+        enable ? handler_->disable_port(port) : handler_->enable_port(port);
+        logging::write(
+            logging::Level::Error, "",
+            "fixup " + std::string(enable ? "enable " : "disable ") + std::to_string(port) + " undone: " + failure);
+        return "rules not updated, port left as it was: " + failure;
+    }
+    std::size_t torn_down = 0;
+    if (!enable) {
+        torn_down = table_->remove_connections_on_port(port, nat::TeardownReason::FixupDisabled);
+    }
+    logging::write(logging::Level::Notice, "500001",
+                   std::string("fixup protocol pptp ") + std::to_string(port) + (enable ? " enabled" : " disabled") +
+                       (enable ? "" : "; " + std::to_string(torn_down) + " control connection(s) torn down"));
+    return {};
+}
+
+nlohmann::json Agent::io_stats() const {
+    const nfq::QueueStats& q = queue_->stats();
+    nlohmann::json result = {{"agent",
+                              {{"received", q.received},
+                               {"verdicts_sent", q.verdicts_sent},
+                               {"batches_sent", q.batches_sent},
+                               {"receive_overruns", q.receive_overruns},
+                               {"send_errors", q.send_errors}}}};
+    // The kernel's own view of the queue (this network namespace).
+    std::ifstream proc("/proc/net/netfilter/nfnetlink_queue");
+    std::string line;
+    while (std::getline(proc, line)) {
+        std::istringstream fields(line);
+        unsigned long long number = 0, portid = 0, length = 0, mode = 0, range = 0, dropped = 0, user_dropped = 0,
+                           sequence = 0;
+        if (fields >> number >> portid >> length >> mode >> range >> dropped >> user_dropped >> sequence &&
+            number == options_.queue) {
+            result["kernel"] = {{"length", length}, {"dropped", dropped}, {"user_dropped", user_dropped}};
+        }
+    }
+    return result;
+}
+
+void Agent::reload() {
+    if (options_.config_file.empty()) {
+        logging::write(logging::Level::Notice, "", "SIGHUP: no --config file to reload");
+        return;
+    }
+    daemon_options::Options fresh;
+    try {
+        std::vector<const char*> args;
+        for (const auto& a : argv_) {
+            args.push_back(a.c_str());
+        }
+        const auto parsed = daemon_options::parse(static_cast<int>(args.size()), args.data());
+        if (!parsed.options) {
+            return;
+        }
+        fresh = *parsed.options;
+    } catch (const std::exception& e) {
+        logging::write(logging::Level::Error, "", std::string("reload failed, nothing changed: ") + e.what());
+        return;
+    }
+    if (fresh.queue != options_.queue || fresh.outside_interface != options_.outside_interface ||
+        fresh.public_address != options_.public_address || fresh.control_socket != options_.control_socket) {
+        logging::write(logging::Level::Warning, "",
+                       "reload: queue, outside, public-address and control-socket changes need a restart; kept");
+    }
+    logging::set_level(fresh.log_level);
+    table_->set_config(fresh.table);
+    handler_->set_config(fresh.handler);
+    const std::vector<std::uint16_t> before = fixup_ports();
+    std::vector<std::uint16_t> after = fresh.fixup_ports;
+    std::sort(after.begin(), after.end());
+    after.erase(std::unique(after.begin(), after.end()), after.end());
+    for (std::uint16_t p : before) {
+        if (!std::binary_search(after.begin(), after.end(), p)) {
+            set_fixup_port(p, false);
+        }
+    }
+    for (std::uint16_t p : after) {
+        set_fixup_port(p, true);
+    }
+    options_.table = fresh.table;
+    options_.handler = fresh.handler;
+    options_.log_level = fresh.log_level;
+    options_.fixup_ports = after;
+    std::string list;
+    for (std::uint16_t p : fixup_ports()) {
+        list += (list.empty() ? "" : ",") + std::to_string(p);
+    }
+    logging::write(logging::Level::Notice, "",
+                   "reloaded " + options_.config_file + ": fixup ports " + list + ", " +
+                       std::to_string(table_->call_count()) + " live calls kept");
 }
 
 void Agent::release(std::uint32_t packet_id, bool accept, std::span<const std::uint8_t> packet) {
@@ -223,6 +340,8 @@ int Agent::run() {
                     running = false;
                 } else if (info.ssi_signo == SIGUSR1) {
                     log_table();
+                } else if (info.ssi_signo == SIGHUP) {
+                    reload();
                 }
             }
         }
@@ -231,6 +350,11 @@ int Agent::run() {
     table_->clear_all(nat::TeardownReason::Shutdown);
     control_.reset();
     queue_.reset();
+    if (rules_installed_) {
+        if (const std::string failure = remove_rules(rules_settings()); !failure.empty()) {
+            logging::write(logging::Level::Error, "", "cannot remove the rules: " + failure);
+        }
+    }
     return 0;
 }
 

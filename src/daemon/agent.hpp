@@ -4,11 +4,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "common/log.hpp"
 #include "control/api.hpp"
 #include "control/server.hpp"
 #include "daemon/options.hpp"
+#include "daemon/rules.hpp"
 #include "nat/call_table.hpp"
 #include "nat/clock.hpp"
 #include "nat/counters.hpp"
@@ -37,7 +40,8 @@ private:
 class Agent final : public nfq::PacketSink, public nat::DeferredVerdicts {
 public:
     // Throws std::runtime_error (one line) when the agent cannot start.
-    explicit Agent(const daemon_options::Options& options);
+    // `argv` is kept to parse the options again on SIGHUP.
+    Agent(const daemon_options::Options& options, std::vector<std::string> argv);
     ~Agent() override;
     Agent(const Agent&) = delete;
     Agent& operator=(const Agent&) = delete;
@@ -50,8 +54,15 @@ public:
 
 private:
     void log_table() const;
+    void reload();
+    std::string set_fixup_port(std::uint16_t port, bool enable);
+    [[nodiscard]] std::vector<std::uint16_t> fixup_ports() const;
+    [[nodiscard]] nlohmann::json io_stats() const;
+    [[nodiscard]] RulesSettings rules_settings() const;
 
     daemon_options::Options options_;
+    std::vector<std::string> argv_;
+    bool rules_installed_ = false;
     std::uint32_t outside_ifindex_ = 0;
     nat::SteadyClock clock_;
     nat::Counters counters_;

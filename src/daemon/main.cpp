@@ -1,5 +1,7 @@
 // pptp-fixupd: parse options, start the agent, run until told to stop.
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "daemon/agent.hpp"
 #include "daemon/options.hpp"
@@ -13,7 +15,7 @@ int main(int argc, char** argv) {
             std::cout << parsed.print_and_exit;
             return 0;
         }
-        agent::Agent agent(*parsed.options);
+        agent::Agent agent(*parsed.options, std::vector<std::string>(argv, argv + argc));
         return agent.run();
     } catch (const daemon_options::UsageError& e) {
         std::cerr << "pptp-fixupd: " << e.what() << " (see --help)\n";

@@ -52,7 +52,27 @@ EXIT STATUS
 
 SIGNALS
   SIGTERM, SIGINT  clean shutdown: live calls are logged as torn down.
+  SIGHUP           reload the config file: fixup ports (rules follow),
+                   limits, timeouts, log level and violation policy apply at
+                   once and live calls stay. --queue, --outside,
+                   --public-address and --control-socket need a restart.
   SIGUSR1          log every live call and control connection.
+
+FIXUP PORTS AT RUN TIME
+  pptp-fixupctl fixup enable|disable PORT changes the ports without a restart
+  and runs pptp-fixup-rules (see --rules-command) so the queue rules follow.
+  Disabling a port tears down its control connections and their calls at
+  once (logged with reason fixup-disabled): their messages would no longer
+  be inspected, so their Call IDs could not be kept consistent.
+
+CONTROL MESSAGES THAT BREAK RFC 2637
+  A bad header, a message out of state or from the wrong peer, a Call ID that
+  is not of the connection, or a version other than 1.0 is dropped (the TCP
+  segment that carries it) and counted per reason, and logged once per
+  connection per minute; --on-violation accept passes it on unchanged.
+  A segment that ends inside a Call ID field, or that arrives after a gap, is
+  held (at most 8 segments / 16 KiB per direction of a connection, 4096 in
+  all, for 2 s) until the rest arrives, then sent on rewritten.
 
 SEE ALSO
   pptp-fixup-rules(8), RFC 2637.
@@ -102,45 +122,64 @@ ParseResult parse(int argc, const char* const* argv) {
     std::size_t max_connections_per_host = opt.table.max_connections_per_host;
     std::string on_violation = "drop";
 
+    // clang-format off
     po::options_description general("General");
-    general.add_options()("help,h", "print this help and exit")("version", "print the version and exit")(
-        "queue,q", po::value<unsigned int>(&queue)->value_name("N"),
-        "NFQUEUE number the fixup rules send packets to (0-65535); required")(
-        "outside,o", po::value<std::string>(&opt.outside_interface)->value_name("IF"),
-        "outside (public) interface, as for MASQUERADE; required")(
-        "public-address,a", po::value<std::string>(&public_address)->value_name("ADDR"),
-        "public IPv4 address that inside peers share; default: the primary IPv4 address of --outside, read through "
-        "rtnetlink")("fixup-port,p", po::value<std::vector<std::string>>(&ports)->value_name("PORT")->composing(),
-                     "TCP port of PPTP control connections to inspect; repeat for several (default 1723)")(
-        "control-socket,s",
-        po::value<std::string>(&opt.control_socket)->value_name("PATH")->default_value(kDefaultControlSocket),
-        "Unix socket of the control API (mode 0600)")("config,c",
-                                                      po::value<std::string>(&opt.config_file)->value_name("FILE"),
-                                                      "read options from FILE (same keys as the long options)")(
-        "log-level", po::value<std::string>(&log_level)->value_name("LEVEL")->default_value("info"),
-        "error, warning, notice, info or debug");
+    general.add_options()
+        ("help,h", "print this help and exit")
+        ("version", "print the version and exit")
+        ("queue,q", po::value<unsigned int>(&queue)->value_name("N"),
+         "NFQUEUE number the fixup rules send packets to (0-65535); required")
+        ("outside,o", po::value<std::string>(&opt.outside_interface)->value_name("IF"),
+         "outside (public) interface, as for MASQUERADE; required")
+        ("public-address,a", po::value<std::string>(&public_address)->value_name("ADDR"),
+         "public IPv4 address that inside peers share; default: the primary IPv4 address of --outside, "
+         "read through rtnetlink")
+        ("fixup-port,p", po::value<std::vector<std::string>>(&ports)->value_name("PORT")->composing(),
+         "TCP port of PPTP control connections to inspect; repeat for several (default 1723)")
+        ("control-socket,s",
+         po::value<std::string>(&opt.control_socket)->value_name("PATH")->default_value(kDefaultControlSocket),
+         "Unix socket of the control API (mode 0600)")
+        ("config,c", po::value<std::string>(&opt.config_file)->value_name("FILE"),
+         "read options from FILE (same keys as the long options); reread on SIGHUP")
+        ("manage-rules", po::bool_switch(&opt.manage_rules),
+         "install the netfilter rules at start (pptp-fixup-rules install) and remove them at exit; without it "
+         "the rules are yours to install, and only fixup enable/disable and reloads update them")
+        ("rules-command", po::value<std::string>(&opt.rules_command)->value_name("PATH")
+                              ->default_value("pptp-fixup-rules"),
+         "the rule installer run to keep the queue rules in line with the fixup ports")
+        ("log-level", po::value<std::string>(&log_level)->value_name("LEVEL")->default_value("info"),
+         "error, warning, notice, info or debug");
 
-    po::options_description limits("Timeouts and limits");
-    limits.add_options()(
-        "call-timeout", po::value<unsigned int>(&call_timeout)->value_name("SECONDS")->default_value(600),
-        "seconds an established call may be idle (no GRE, no control) before it is removed; the kernel helper uses "
-        "600")("setup-timeout", po::value<unsigned int>(&setup_timeout)->value_name("SECONDS")->default_value(120),
-               "seconds a call may wait for its reply")(
-        "control-timeout", po::value<unsigned int>(&control_timeout)->value_name("SECONDS")->default_value(3600),
-        "seconds a control connection may be idle (PPTP echoes every 60 s)")(
-        "max-calls", po::value<std::size_t>(&max_calls)->value_name("N")->default_value(max_calls),
-        "live calls in total")(
-        "max-calls-per-connection",
-        po::value<std::size_t>(&max_calls_per_connection)->value_name("N")->default_value(max_calls_per_connection),
-        "live calls on one control connection")(
-        "max-connections", po::value<std::size_t>(&max_connections)->value_name("N")->default_value(max_connections),
-        "control connections tracked")(
-        "call-id-range", po::value<std::string>(&call_id_range)->value_name("MIN-MAX")->default_value("1-65535"),
-        "public Call IDs handed out, MIN-MAX")(
-        "queue-maxlen", po::value<std::uint32_t>(&opt.queue_max_length)->value_name("N")->default_value(4096),
-        "packets the kernel may hold in the queue before it drops")(
-        "burst", po::value<std::size_t>(&opt.burst)->value_name("N")->default_value(64),
-        "packets handled per verdict batch");
+    po::options_description limits("Timeouts, limits and policy");
+    limits.add_options()
+        ("call-timeout", po::value<unsigned int>(&call_timeout)->value_name("SECONDS")->default_value(600),
+         "seconds an established call may be idle (no GRE, no control) before it is removed; "
+         "the kernel helper uses 600")
+        ("setup-timeout", po::value<unsigned int>(&setup_timeout)->value_name("SECONDS")->default_value(120),
+         "seconds a call may wait for its reply")
+        ("control-timeout", po::value<unsigned int>(&control_timeout)->value_name("SECONDS")->default_value(3600),
+         "seconds a control connection may be idle (PPTP echoes every 60 s)")
+        ("max-calls", po::value<std::size_t>(&max_calls)->value_name("N")->default_value(max_calls),
+         "live calls in total; a call beyond is refused")
+        ("max-calls-per-connection",
+         po::value<std::size_t>(&max_calls_per_connection)->value_name("N")->default_value(max_calls_per_connection),
+         "live calls on one control connection; a call beyond is refused")
+        ("max-connections", po::value<std::size_t>(&max_connections)->value_name("N")->default_value(max_connections),
+         "control connections tracked; more are refused (SYN dropped)")
+        ("max-connections-per-host",
+         po::value<std::size_t>(&max_connections_per_host)->value_name("N")->default_value(max_connections_per_host),
+         "control connections of one inside host; more are refused (SYN dropped)")
+        ("call-id-range", po::value<std::string>(&call_id_range)->value_name("MIN-MAX")->default_value("1-65535"),
+         "public Call IDs handed out; when all are taken for an outside peer, a new call is refused: its "
+         "request is turned into a TCP reset, so the client fails at once")
+        ("on-violation", po::value<std::string>(&on_violation)->value_name("POLICY")->default_value("drop"),
+         "a control message that breaks RFC 2637: drop (the segment carrying it) or accept (pass it on "
+         "unchanged, never rewritten)")
+        ("queue-maxlen", po::value<std::uint32_t>(&opt.queue_max_length)->value_name("N")->default_value(4096),
+         "packets the kernel may hold in the queue before it drops")
+        ("burst", po::value<std::size_t>(&opt.burst)->value_name("N")->default_value(64),
+         "packets handled per verdict batch");
+    // clang-format on
 
     po::options_description all;
     all.add(general).add(limits);

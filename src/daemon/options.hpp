@@ -24,6 +24,8 @@ struct Options {
     std::vector<std::uint16_t> fixup_ports;
     std::string control_socket = kDefaultControlSocket;
     std::string config_file;
+    std::string rules_command = "pptp-fixup-rules";
+    bool manage_rules = false;
     std::uint32_t queue_max_length = 4096;
     std::size_t burst = 64;
     logging::Level log_level = logging::Level::Info;

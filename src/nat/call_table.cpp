@@ -37,6 +37,7 @@ std::string_view teardown_reason_name(TeardownReason r) noexcept {
         case TeardownReason::Cleared: return "cleared";
         case TeardownReason::Shutdown: return "shutdown";
         case TeardownReason::CallIdSpaceExhausted: return "call-id-space-exhausted";
+        case TeardownReason::FixupDisabled: return "fixup-disabled";
     }
     return "unknown";
 }
@@ -323,6 +324,32 @@ std::size_t CallTable::expire() {
         remove_connection(*conn, TeardownReason::IdleTimeout);
     }
     return expired;
+}
+
+void CallTable::set_config(TableConfig config) {
+    config.public_address = config_.public_address;
+    if (config.call_id_min > config.call_id_max) {
+        std::swap(config.call_id_min, config.call_id_max);
+    }
+    config_ = config;
+}
+
+Call* CallTable::find_call(std::uint64_t id) const noexcept {
+    auto it = calls_.find(id);
+    return it == calls_.end() ? nullptr : it->second.get();
+}
+
+std::size_t CallTable::remove_connections_on_port(std::uint16_t port, TeardownReason reason) {
+    std::vector<ControlConnection*> doomed;
+    for (auto& [key, conn] : connections_) {
+        if (key.outside_port == port || key.inside_port == port) {
+            doomed.push_back(conn.get());
+        }
+    }
+    for (ControlConnection* conn : doomed) {
+        remove_connection(*conn, reason);
+    }
+    return doomed.size();
 }
 
 void CallTable::clear_all(TeardownReason reason) {

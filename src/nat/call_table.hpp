@@ -71,6 +71,7 @@ enum class TeardownReason : std::uint8_t {
     Cleared,
     Shutdown,
     CallIdSpaceExhausted,
+    FixupDisabled,
 };
 
 [[nodiscard]] std::string_view state_name(ConnectionState s) noexcept;
@@ -169,6 +170,9 @@ public:
     CallTable& operator=(const CallTable&) = delete;
 
     [[nodiscard]] const TableConfig& config() const noexcept { return config_; }
+    // New limits and timeouts apply from now on; live calls stay. The public
+    // address is kept.
+    void set_config(TableConfig config);
     [[nodiscard]] Instant now() const { return clock_.now(); }
 
     [[nodiscard]] ControlConnection* find_connection(const ConnectionKey& key) noexcept;
@@ -201,6 +205,9 @@ public:
     // Drops what has been idle longer than its timeout. Returns calls expired.
     std::size_t expire();
     void clear_all(TeardownReason reason);
+    [[nodiscard]] Call* find_call(std::uint64_t id) const noexcept;
+    // Removes every control connection (and its calls) on a TCP port.
+    std::size_t remove_connections_on_port(std::uint16_t port, TeardownReason reason);
 
     [[nodiscard]] std::size_t call_count() const noexcept { return calls_.size(); }
     [[nodiscard]] std::size_t connection_count() const noexcept { return connections_.size(); }

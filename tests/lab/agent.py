@@ -8,6 +8,7 @@ pptp-fixupctl from the build tree (PPTP_FIXUP_BIN, default build/debug/src).
 
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -26,11 +27,13 @@ def bin_dir():
 class Agent:
     """pptp-fixupd running in the router namespace of a lab."""
 
-    def __init__(self, lab, queue=QUEUE, ports=(1723,), extra_args=()):
+    def __init__(self, lab, queue=QUEUE, ports=(1723,), extra_args=(), config=None):
         self.lab = lab
         self.queue = queue
         self.ports = list(ports)
         self.extra_args = list(extra_args)
+        self.config_path = os.path.join(lab.tmpdir, "pptp-fixupd.conf")
+        self.config = config
         self.socket = os.path.join(lab.tmpdir, "pptp-fixupd.sock")
         self.log_path = os.path.join(lab.tmpdir, "pptp-fixupd.log")
         self.proc = None
@@ -49,9 +52,14 @@ class Agent:
         self.log = open(self.log_path, "ab")
         argv = [os.path.join(bin_dir(), "pptp-fixupd"), "--queue", str(self.queue),
                 "--outside", self.lab.outside_if, "--control-socket", self.socket]
-        for p in self.ports:
-            argv += ["--fixup-port", str(p)]
-        argv += self.extra_args
+        if self.config is not None:
+            # Ports come from the config file then, so a reload can change them.
+            self.write_config(self.config)
+            argv += ["--config", self.config_path]
+        else:
+            for p in self.ports:
+                argv += ["--fixup-port", str(p)]
+        argv += ["--rules-command", RULES_TOOL] + self.extra_args
         # ASan in the debug build: leaks fail the run at exit.
         env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0")
         self.proc = self.lab.spawn("router", argv, stdin=subprocess.DEVNULL,
@@ -65,6 +73,25 @@ class Agent:
                 return
             time.sleep(0.05)
         raise netns.LabError("pptp-fixupd did not start: %s" % self.output())
+
+    def write_config(self, config):
+        """config: dict of option -> value or list of values."""
+        with open(self.config_path, "w") as f:
+            for key, value in config.items():
+                for v in (value if isinstance(value, (list, tuple)) else [value]):
+                    f.write("%s = %s\n" % (key, v))
+
+    def reload(self, config):
+        """Rewrites the config file and sends SIGHUP; waits for the log line."""
+        self.write_config(config)
+        before = self.output().count("reloaded ")
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.output().count("reloaded ") > before:
+                return
+            time.sleep(0.05)
+        raise netns.LabError("pptp-fixupd did not reload: %s" % self.output())
 
     def stop(self):
         """SIGTERM; returns the exit code (0 on a clean shutdown)."""

@@ -1,0 +1,26 @@
+// Keeps the netfilter rules in line with the agent's fixup ports by running
+// pptp-fixup-rules, so the queue rules follow "fixup enable/disable".
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace agent {
+
+struct RulesSettings {
+    std::string command;  // pptp-fixup-rules, by path or from PATH
+    std::string outside_interface;
+    std::uint16_t queue = 0;
+};
+
+// Installs the rules for `ports` (or removes them when `ports` is empty).
+// Returns an empty string on success, else one line saying what failed.
+// Runs synchronously, bounded by `timeout`: the kernel holds queued packets
+// meanwhile.
+std::string apply_rules(const RulesSettings& settings, const std::vector<std::uint16_t>& ports,
+                        std::chrono::seconds timeout = std::chrono::seconds(10));
+std::string remove_rules(const RulesSettings& settings, std::chrono::seconds timeout = std::chrono::seconds(10));
+
+}  // namespace agent
