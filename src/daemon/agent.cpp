@@ -14,7 +14,10 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "daemon/privileges.hpp"
 #include "nfq/link.hpp"
+
+#include <systemd/sd-daemon.h>
 #include "pptp/inet.hpp"
 
 namespace agent {
@@ -143,6 +146,9 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
         return control::handle_request(request, *api_);
     });
 
+    if (!options_.keep_capabilities) {
+        drop_privileges(options_.user);
+    }
     if (options_.manage_rules) {
         if (const std::string failure = apply_rules(rules_settings(), fixup_ports()); !failure.empty()) {
             throw std::runtime_error("cannot install the rules: " + failure);
@@ -158,7 +164,12 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
                    "pptp-fixupd " PPTP_FIXUP_VERSION " started: queue " + std::to_string(options_.queue) +
                        ", outside " + options_.outside_interface + " (public address " +
                        pptp::format_ipv4(table_config.public_address) + "), fixup ports " + ports.str() +
-                       ", control socket " + options_.control_socket);
+                       ", control socket " + options_.control_socket +
+                       (options_.user ? ", user " + *options_.user : std::string()));
+    sd_notifyf(0, "READY=1\nSTATUS=queue %u bound, 0 calls\nMAINPID=%lu", static_cast<unsigned>(options_.queue),
+               static_cast<unsigned long>(getpid()));
+    std::uint64_t watchdog_usec = 0;
+    watchdog_ = sd_watchdog_enabled(0, &watchdog_usec) > 0;
 }
 
 Agent::~Agent() {
@@ -331,6 +342,14 @@ int Agent::run() {
             table_->expire();
             handler_->expire_held();
             queue_->flush_verdicts();
+            if (++ticks_ % 5 == 0) {
+                sd_notifyf(0, "STATUS=%zu calls, %zu control connections, %llu packets\n%s", table_->call_count(),
+                           table_->connection_count(),
+                           static_cast<unsigned long long>(counters_.get(nat::EventCounter::packets_seen)),
+                           watchdog_ ? "WATCHDOG=1" : "");
+            } else if (watchdog_) {
+                sd_notify(0, "WATCHDOG=1");
+            }
         }
         control_->handle(fds, 3);
         if ((fds[1].revents & POLLIN) != 0) {
@@ -346,6 +365,7 @@ int Agent::run() {
             }
         }
     }
+    sd_notify(0, "STOPPING=1\nSTATUS=shutting down");
     logging::write(logging::Level::Notice, "", "shutting down");
     table_->clear_all(nat::TeardownReason::Shutdown);
     control_.reset();

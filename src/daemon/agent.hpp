@@ -72,6 +72,8 @@ private:
     std::unique_ptr<nfq::Queue> queue_;
     std::unique_ptr<control::ApiContext> api_;
     std::unique_ptr<control::Server> control_;
+    bool watchdog_ = false;
+    std::uint64_t ticks_ = 0;
     int signal_fd_ = -1;
     int timer_fd_ = -1;
 };

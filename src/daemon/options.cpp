@@ -41,6 +41,16 @@ CONFIG FILE
       call-timeout = 600
   Options on the command line override the file.
 
+PRIVILEGES
+  After the queue and the control socket are open the daemon keeps only
+  CAP_NET_ADMIN (needed for queue verdicts and for pptp-fixup-rules), also in
+  the bounding set, and with --user switches to that user.
+
+SYSTEMD
+  With NOTIFY_SOCKET set (Type=notify) it reports READY=1 once the queue is
+  bound, STATUS= with live calls and connections every few seconds,
+  STOPPING=1 on shutdown, and WATCHDOG=1 when WatchdogSec= is set.
+
 FAILURE MODE
   The queue is fail-closed: if the agent is not running or its queue is full,
   the kernel drops queued packets (PPTP stalls) instead of forwarding GRE with
@@ -121,6 +131,7 @@ ParseResult parse(int argc, const char* const* argv) {
     std::size_t max_connections = opt.table.max_connections;
     std::size_t max_connections_per_host = opt.table.max_connections_per_host;
     std::string on_violation = "drop";
+    std::string user;
 
     // clang-format off
     po::options_description general("General");
@@ -147,6 +158,11 @@ ParseResult parse(int argc, const char* const* argv) {
         ("rules-command", po::value<std::string>(&opt.rules_command)->value_name("PATH")
                               ->default_value("pptp-fixup-rules"),
          "the rule installer run to keep the queue rules in line with the fixup ports")
+        ("user,u", po::value<std::string>(&user)->value_name("NAME"),
+         "once the queue and the control socket are open, run as this user (and its group), keeping only "
+         "CAP_NET_ADMIN")
+        ("keep-capabilities", po::bool_switch(&opt.keep_capabilities),
+         "do not drop capabilities after start-up (by default every capability but CAP_NET_ADMIN goes)")
         ("log-level", po::value<std::string>(&log_level)->value_name("LEVEL")->default_value("info"),
          "error, warning, notice, info or debug");
 
@@ -238,6 +254,12 @@ ParseResult parse(int argc, const char* const* argv) {
     }
     if (opt.fixup_ports.empty()) {
         opt.fixup_ports.push_back(kDefaultFixupPort);
+    }
+    if (!user.empty()) {
+        opt.user = user;
+    }
+    if (opt.user && opt.keep_capabilities) {
+        throw UsageError("--user and --keep-capabilities do not go together");
     }
     if (!logging::parse_level(log_level, opt.log_level)) {
         throw UsageError("invalid --log-level '" + log_level + "': expected error, warning, notice, info or debug");

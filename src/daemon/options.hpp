@@ -26,6 +26,8 @@ struct Options {
     std::string config_file;
     std::string rules_command = "pptp-fixup-rules";
     bool manage_rules = false;
+    std::optional<std::string> user;  // run as this user once the sockets are open
+    bool keep_capabilities = false;   // do not drop capabilities (debugging)
     std::uint32_t queue_max_length = 4096;
     std::size_t burst = 64;
     logging::Level log_level = logging::Level::Info;

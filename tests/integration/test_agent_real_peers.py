@@ -132,6 +132,27 @@ class AgentWithRealPeers(unittest.TestCase):
             finally:
                 client.stop()
 
+    def test_runs_as_a_user_with_only_cap_net_admin(self):
+        with Lab(clients=1, mode="agent", **agent_hooks(extra_args=["--user", "nobody"])) as lab:
+            lab.start_pptpd()
+            status = dict(line.split(":", 1) for line in
+                          open("/proc/%d/status" % lab.agent.proc.pid).read().splitlines() if ":" in line)
+            self.assertEqual(status["Uid"].split()[0], "65534")
+            cap_net_admin = "%016x" % (1 << 12)
+            for field in ("CapEff", "CapPrm", "CapBnd"):
+                self.assertEqual(status[field].strip(), cap_net_admin, field)
+            r = run_real_client(lab, 1, frames=3)
+            self.assertEqual(r.frames_echoed, 3, r)
+            # The rule installer it runs still works with the one capability.
+            lab.agent.ctl("fixup", "enable", "1724")
+            self.assertIn("1723,1724", lab.router_exec(["iptables-save"]).stdout)
+
+    def test_root_keeps_only_cap_net_admin(self):
+        with Lab(clients=1, mode="agent", **agent_hooks()) as lab:
+            status = open("/proc/%d/status" % lab.agent.proc.pid).read()
+            self.assertRegex(status, r"CapEff:\s+0000000000001000")
+            self.assertRegex(status, r"CapBnd:\s+0000000000001000")
+
     def test_new_client_fails_while_agent_is_stopped(self):
         with Lab(clients=1, mode="agent", **agent_hooks()) as lab:
             lab.start_pptpd()

@@ -1,0 +1,63 @@
+#include "daemon/privileges.hpp"
+
+#include <grp.h>
+#include <linux/securebits.h>
+#include <pwd.h>
+#include <sys/capability.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace agent {
+namespace {
+
+std::string errno_text() {
+    return std::strerror(errno);
+}
+
+}  // namespace
+
+void drop_privileges(const std::optional<std::string>& user) {
+    // Narrow the bounding set first, while CAP_SETPCAP is still ours.
+    for (cap_value_t cap = 0; cap <= CAP_LAST_CAP; ++cap) {
+        if (cap != CAP_NET_ADMIN && CAP_IS_SUPPORTED(cap) && cap_drop_bound(cap) != 0 && errno != EINVAL) {
+            throw PrivilegeError("cannot drop capabilities from the bounding set: " + errno_text());
+        }
+    }
+    if (user) {
+        errno = 0;
+        const passwd* pw = getpwnam(user->c_str());
+        if (pw == nullptr) {
+            throw PrivilegeError("no such user: " + *user);
+        }
+        // Keep the permitted set across setuid; it is cut to CAP_NET_ADMIN below.
+        if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0) {
+            throw PrivilegeError("cannot keep capabilities across setuid: " + errno_text());
+        }
+        if (setgroups(0, nullptr) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
+            throw PrivilegeError("cannot switch to user " + *user + ": " + errno_text());
+        }
+    }
+    cap_t caps = cap_init();
+    const cap_value_t keep[] = {CAP_NET_ADMIN};
+    cap_set_flag(caps, CAP_EFFECTIVE, 1, keep, CAP_SET);
+    cap_set_flag(caps, CAP_PERMITTED, 1, keep, CAP_SET);
+    cap_set_flag(caps, CAP_INHERITABLE, 1, keep, CAP_SET);
+    const int rc = cap_set_proc(caps);
+    cap_free(caps);
+    if (rc != 0) {
+        throw PrivilegeError("cannot set capabilities: " + errno_text());
+    }
+    // Ambient, so the rule installer it runs (not root any more, or root
+    // with a narrowed bounding set) still has CAP_NET_ADMIN.
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_ADMIN, 0, 0) != 0) {
+        throw PrivilegeError("cannot raise the ambient capability: " + errno_text());
+    }
+    if (user && prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0) {
+        throw PrivilegeError("cannot reset keep-capabilities: " + errno_text());
+    }
+}
+
+}  // namespace agent
