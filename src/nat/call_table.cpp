@@ -282,7 +282,27 @@ void CallTable::remove_call(Call& call, TeardownReason reason) {
     if (reason == TeardownReason::IdleTimeout) {
         counters_.add(EventCounter::calls_expired);
     }
+    if ((reason == TeardownReason::IdleTimeout || reason == TeardownReason::Cleared) && call.inside_known) {
+        auto& ended = call.connection->ended_calls;
+        if (ended.size() >= ControlConnection::kEndedCallsKept) {
+            ended.erase(ended.begin());
+        }
+        ended.push_back({call.inside_call_id, call.public_call_id, call.outside_call_id, call.outside_known});
+    }
     unlink_call(call);
+}
+
+const ControlConnection::EndedCall* CallTable::find_ended(const ControlConnection& conn, bool by_inside, bool by_public,
+                                                          std::uint16_t id) noexcept {
+    for (auto it = conn.ended_calls.rbegin(); it != conn.ended_calls.rend(); ++it) {
+        const bool match = by_inside   ? it->inside_call_id == id
+                           : by_public ? it->public_call_id == id
+                                       : (it->outside_known && it->outside_call_id == id);
+        if (match) {
+            return &*it;
+        }
+    }
+    return nullptr;
 }
 
 Call* CallTable::find_inbound(std::uint32_t outside_address, std::uint16_t public_id) const noexcept {

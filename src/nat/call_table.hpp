@@ -122,6 +122,18 @@ struct ControlConnection {
     std::int8_t start_requester = -1;
     std::int8_t pns_side = -1;
     std::uint64_t violations = 0;
+    // Calls the agent ended on its own (cleared, idle) while the peers may
+    // still talk about them: their IDs keep being translated in control
+    // messages (no GRE), so a late Call-Clear-Request does not stall the
+    // connection. The last few only.
+    struct EndedCall {
+        std::uint16_t inside_call_id = 0;
+        std::uint16_t public_call_id = 0;
+        std::uint16_t outside_call_id = 0;
+        bool outside_known = false;
+    };
+    static constexpr std::size_t kEndedCallsKept = 8;
+    std::vector<EndedCall> ended_calls;
 };
 
 struct Call {
@@ -196,6 +208,9 @@ public:
     void set_outside_id(Call& call, std::uint16_t outside_id);
     void mark_established(Call& call);
     void remove_call(Call& call, TeardownReason reason);
+    // An ended call of the connection, by the ID as the message carries it.
+    [[nodiscard]] static const ControlConnection::EndedCall* find_ended(const ControlConnection& conn, bool by_inside,
+                                                                        bool by_public, std::uint16_t id) noexcept;
 
     // GRE lookups, O(1).
     [[nodiscard]] Call* find_inbound(std::uint32_t outside_address, std::uint16_t public_id) const noexcept;

@@ -8,25 +8,26 @@
 
 namespace nat {
 
-#define PPTP_FIXUP_EVENT_COUNTERS(X) \
-    X(packets_seen)                  \
-    X(packets_accepted)              \
-    X(packets_dropped)               \
-    X(packets_rewritten)             \
-    X(control_packets)               \
-    X(control_messages)              \
-    X(control_call_ids_rewritten)    \
-    X(control_retransmits_patched)   \
-    X(control_segments_held)         \
-    X(control_segments_released)     \
-    X(control_connections_refused)   \
-    X(gre_inbound)                   \
-    X(gre_outbound)                  \
-    X(transit_packets)               \
-    X(connections_built)             \
-    X(connections_torn_down)         \
-    X(calls_built)                   \
-    X(calls_torn_down)               \
+#define PPTP_FIXUP_EVENT_COUNTERS(X)   \
+    X(packets_seen)                    \
+    X(packets_accepted)                \
+    X(packets_dropped)                 \
+    X(packets_rewritten)               \
+    X(control_packets)                 \
+    X(control_messages)                \
+    X(control_call_ids_rewritten)      \
+    X(control_retransmits_patched)     \
+    X(control_segments_held)           \
+    X(control_segments_released)       \
+    X(control_connections_refused)     \
+    X(control_messages_of_ended_calls) \
+    X(gre_inbound)                     \
+    X(gre_outbound)                    \
+    X(transit_packets)                 \
+    X(connections_built)               \
+    X(connections_torn_down)           \
+    X(calls_built)                     \
+    X(calls_torn_down)                 \
     X(calls_expired)
 
 // Why a packet was dropped. One counter each; names are stable API.

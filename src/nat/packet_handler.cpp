@@ -736,7 +736,22 @@ PacketHandler::Outcome PacketHandler::decide_call_ids(ControlConnection& conn, D
     } else {
         call = call_named_by(conn, dir, spec, prefix);
         if (call == nullptr) {
-            d.violation = DropReason::control_unknown_call_id;
+            // A call the agent ended itself (cleared, idle) that the peers
+            // still talk about: same translation, no state.
+            const bool by_own = ids.own.has_value();
+            const std::uint16_t id = by_own ? *ids.own : *ids.peer;
+            const auto* ended = CallTable::find_ended(conn, outbound && by_own, !outbound && !by_own, id);
+            if (ended == nullptr) {
+                d.violation = DropReason::control_unknown_call_id;
+                return d;
+            }
+            counters_.add(EventCounter::control_messages_of_ended_calls);
+            if (outbound && spec.own_call_id_offset != 0) {
+                d.rewrites[d.rewrite_count++] = Rewrite{spec.own_call_id_offset, ended->public_call_id};
+            }
+            if (!outbound && spec.peer_call_id_offset != 0) {
+                d.rewrites[d.rewrite_count++] = Rewrite{spec.peer_call_id_offset, ended->inside_call_id};
+            }
             return d;
         }
         if (type == ControlType::IncomingCallConnected && (call->outgoing || !call->answered)) {

@@ -497,6 +497,27 @@ TEST_F(PacketHandlerTest, IncomingCallTranslatesEveryField) {
     ASSERT_TRUE(gre_out(kClient1, kServer, 500).accept);
 }
 
+TEST_F(PacketHandlerTest, MessagesAboutAClearedCallStillTranslateButItsGreStops) {
+    Flow a{kClient1, 40000};
+    Flow b{kClient2, 40000};
+    open(a);
+    open(b);
+    call(a, 7, 300);
+    const std::uint16_t pb = call(b, 7, 301);
+    Call* cb = table->find_inbound(kServer, pb);
+    table->remove_call(*cb, TeardownReason::Cleared);
+    EXPECT_FALSE(gre_in(kServer, kPublic, pb).accept);
+    Verdict v;
+    const Bytes clear = out(b, ccrq(7), &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(get16(clear, 12), pb);  // as the server knew it
+    const Bytes error = in(b, wen(pb), &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(get16(error, 12), 7);
+    EXPECT_EQ(counters.get(EventCounter::control_messages_of_ended_calls), 2u);
+    EXPECT_EQ(table->call_count(), 1u);
+}
+
 TEST_F(PacketHandlerTest, RejectedCallIsRemoved) {
     Flow f{kClient1, 40000};
     open(f);
