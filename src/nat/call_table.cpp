@@ -282,7 +282,12 @@ void CallTable::remove_call(Call& call, TeardownReason reason) {
     if (reason == TeardownReason::IdleTimeout) {
         counters_.add(EventCounter::calls_expired);
     }
-    if ((reason == TeardownReason::IdleTimeout || reason == TeardownReason::Cleared) && call.inside_known) {
+    // Calls that end while their control connection may still carry
+    // messages about them (a half-closed connection, a stop in progress).
+    const bool peers_may_still_talk = reason == TeardownReason::IdleTimeout || reason == TeardownReason::Cleared ||
+                                      reason == TeardownReason::TcpFin ||
+                                      reason == TeardownReason::StopControlConnection;
+    if (peers_may_still_talk && call.inside_known) {
         auto& ended = call.connection->ended_calls;
         if (ended.size() >= ControlConnection::kEndedCallsKept) {
             ended.erase(ended.begin());

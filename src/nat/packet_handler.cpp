@@ -638,6 +638,16 @@ PacketHandler::Outcome PacketHandler::check_message_start(ControlConnection& con
     const auto side = static_cast<std::int8_t>(dir);
     const ConnectionState s = conn.state;
     const bool up = s == ConnectionState::Established || s == ConnectionState::Stopping;
+    const bool is_call_request = header.control_type == static_cast<std::uint16_t>(ControlType::OutgoingCallRequest) ||
+                                 header.control_type == static_cast<std::uint16_t>(ControlType::IncomingCallRequest);
+    if (s == ConnectionState::Closed) {
+        // Half closed (one FIN) or stopped: the other side may still finish
+        // its part (a reply, a stop, a clear); only new calls are refused.
+        if (is_call_request) {
+            o.violation = DropReason::control_out_of_state;
+        }
+        return o;
+    }
     bool in_state = true;
     switch (static_cast<ControlType>(header.control_type)) {
         case ControlType::StartControlConnectionRequest: in_state = s == ConnectionState::TcpOnly; break;

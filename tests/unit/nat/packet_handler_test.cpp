@@ -253,6 +253,37 @@ TEST_F(PacketHandlerTest, TcpFinAndResetEndCalls) {
     EXPECT_EQ(table->call_count(), 0u);
 }
 
+TEST_F(PacketHandlerTest, AfterOneSideSendsFinTheOtherMayStillFinish) {
+    Flow f{kClient1, 40000};
+    open(f);
+    const std::uint16_t id = call(f, 7, 300);
+    in(f, {}, nullptr, ACK | FIN);  // the server closes its side first
+    EXPECT_EQ(table->call_count(), 0u);
+    EXPECT_FALSE(gre_in(kServer, kPublic, id).accept);
+    Verdict v;
+    const Bytes clear = out(f, ccrq(7), &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(get16(clear, 12), id);  // still the ID the server knew
+    out(f, stop_request(), &v);
+    EXPECT_TRUE(v.accept);
+    out(f, ocrq(8), &v);  // but no new call on a closing connection
+    EXPECT_FALSE(v.accept);
+    EXPECT_EQ(v.reason, DropReason::control_out_of_state);
+}
+
+TEST_F(PacketHandlerTest, ReplyAfterTheClientHalfClosedStillGetsThrough) {
+    Flow f{kClient1, 40000};
+    Bytes syn = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq - 1, SYN, {});
+    run(Direction::Outbound, syn);
+    Bytes synack = tcp_packet(f.server, f.client, 1723, f.port, f.in_seq - 1, SYN | ACK, {});
+    run(Direction::Inbound, synack);
+    out(f, sccrq());
+    out(f, {}, nullptr, ACK | FIN);
+    Verdict v;
+    in(f, sccrp(), &v);
+    EXPECT_TRUE(v.accept);
+}
+
 TEST_F(PacketHandlerTest, SeveralMessagesInOneSegment) {
     Flow a{kClient1, 40000};
     Flow b{kClient2, 40000};
