@@ -23,7 +23,13 @@ connection) or relative to a message (``OCRQ:13``: byte 13 of our first OCRQ;
 ``SCCRQ``, ``OCRQ``, ``CCRQ``, ``StopCCRQ``); every piece goes in its own
 ``send()`` with TCP_NODELAY and ``--split-delay`` seconds in between.
 ``--coalesce`` sends SCCRQ and OCRQ in one ``send()`` without waiting for
-SCCRP.
+SCCRP.  Both combine: ``--coalesce --split-at OCRQ:13`` sends SCCRQ plus the
+first 13 bytes of OCRQ (cut inside its Call ID field) in one segment and the
+rest in a second; absolute offsets cut the concatenated stream anywhere.
+
+``--frame-size N`` pads each data frame's PPP payload to N bytes (default:
+just the unique key, about 40 bytes); with N above about 1460 the GRE packet
+exceeds a 1500-byte MTU and leaves the host as IP fragments.
 """
 
 import argparse
@@ -152,6 +158,10 @@ class Pns:
     def send_frame(self, n):
         key = ("PFSYN:%d:%d:%d:" % (os.getpid(), self.a.call_id, n)).encode() \
             + bytes(range(0x18, 0x28))
+        if self.a.frame_size > len(key):
+            # Every byte value, HDLC flag and escape included.
+            key += bytes((i * 7 + n) & 0xFF
+                         for i in range(self.a.frame_size - len(key)))
         self.keys.append(key)
         self.gre_seq = (self.gre_seq + 1) & 0xFFFFFFFF
         ack = None
@@ -291,6 +301,8 @@ def parse_args(argv=None):
     ap.add_argument("--split-delay", type=float, default=0.05)
     ap.add_argument("--coalesce", action="store_true",
                     help="SCCRQ and OCRQ in one send()")
+    ap.add_argument("--frame-size", type=int, default=0,
+                    help="pad each PPP payload to this many bytes")
     ap.add_argument("--seq-start", type=lambda v: int(v, 0), default=1,
                     help="first GRE sequence number (default 1)")
     ap.add_argument("--no-ack", action="store_true",
