@@ -333,8 +333,13 @@ int Agent::run() {
             logging::write(logging::Level::Error, "", std::string("poll failed: ") + std::strerror(errno));
             return 1;
         }
+        clock_.refresh();
         if ((fds[0].revents & POLLIN) != 0) {
-            queue_->process_ready(*this);
+            // Drain what is queued, a burst at a time, before looking at
+            // timers and the control socket again.
+            for (int bursts = 0; bursts < 16 && queue_->process_ready(*this) == options_.burst; ++bursts) {
+                clock_.refresh();
+            }
         }
         if ((fds[2].revents & POLLIN) != 0) {
             std::uint64_t expirations = 0;

@@ -64,7 +64,7 @@ private:
     std::vector<std::string> argv_;
     bool rules_installed_ = false;
     std::uint32_t outside_ifindex_ = 0;
-    nat::SteadyClock clock_;
+    nat::CachedClock clock_;
     nat::Counters counters_;
     EventLog events_;
     std::unique_ptr<nat::CallTable> table_;

@@ -20,6 +20,18 @@ public:
     [[nodiscard]] Instant now() const override { return std::chrono::steady_clock::now(); }
 };
 
+// Read once per burst of packets instead of once per packet; the hot path
+// needs time only to the millisecond.
+class CachedClock final : public Clock {
+public:
+    CachedClock() { refresh(); }
+    [[nodiscard]] Instant now() const override { return now_; }
+    void refresh() { now_ = std::chrono::steady_clock::now(); }
+
+private:
+    Instant now_{};
+};
+
 class ManualClock final : public Clock {
 public:
     [[nodiscard]] Instant now() const override { return now_; }

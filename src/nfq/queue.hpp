@@ -13,6 +13,8 @@
 
 struct mnl_socket;
 struct nlmsghdr;
+struct mmsghdr;
+struct iovec;
 
 namespace nfq {
 
@@ -84,7 +86,12 @@ private:
     QueueConfig config_;
     mnl_socket* socket_ = nullptr;
     unsigned int port_id_ = 0;
-    std::vector<char> receive_buffer_;
+    std::vector<char> receive_buffer_;  // configuration replies
+    // One receive slot per packet of a burst, filled by one recvmmsg.
+    std::vector<char> burst_storage_;
+    std::size_t slot_size_ = 0;
+    std::vector<struct mmsghdr> burst_headers_;
+    std::vector<struct iovec> burst_iovecs_;
     std::vector<char> verdict_buffer_;
     std::size_t verdict_bytes_ = 0;
     std::size_t verdicts_pending_ = 0;
