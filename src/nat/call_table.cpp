@@ -147,17 +147,18 @@ CallResult CallTable::new_call(ControlConnection& conn) {
     if (calls_.size() >= config_.max_calls || conn.calls.size() >= config_.max_calls_per_connection) {
         return {nullptr, CallError::CallLimit};
     }
-    auto call = std::make_unique<Call>();
-    call->id = next_call_serial_++;
+    // The call lives in its map node: one allocation per call, and its
+    // address stays put while the map grows.
+    const std::uint64_t id = next_call_serial_++;
+    Call* call = &calls_.try_emplace(id).first->second;
+    call->id = id;
     call->connection = &conn;
     call->inside_address = conn.key.inside_address;
     call->outside_address = conn.key.outside_address;
     call->public_address = config_.public_address;
     call->created = call->last_activity = clock_.now();
-    Call* raw = call.get();
-    calls_.emplace(raw->id, std::move(call));
-    conn.calls.push_back(raw);
-    return {raw, CallError::None};
+    conn.calls.push_back(call);
+    return {call, CallError::None};
 }
 
 CallError CallTable::allocate_public_id(Call& call, std::uint16_t preferred) {
@@ -326,11 +327,11 @@ std::size_t CallTable::expire() {
     std::size_t expired = 0;
     std::vector<Call*> stale_calls;
     for (auto& [id, call] : calls_) {
-        const Seconds limit = call->state == CallState::Established ? config_.call_idle_timeout
-                              : call->state == CallState::Clearing  ? config_.closing_linger
-                                                                    : config_.call_setup_timeout;
-        if (now - call->last_activity >= limit) {
-            stale_calls.push_back(call.get());
+        const Seconds limit = call.state == CallState::Established ? config_.call_idle_timeout
+                              : call.state == CallState::Clearing  ? config_.closing_linger
+                                                                   : config_.call_setup_timeout;
+        if (now - call.last_activity >= limit) {
+            stale_calls.push_back(&call);
         }
     }
     for (Call* call : stale_calls) {
@@ -359,9 +360,9 @@ void CallTable::set_config(TableConfig config) {
     config_ = config;
 }
 
-Call* CallTable::find_call(std::uint64_t id) const noexcept {
+Call* CallTable::find_call(std::uint64_t id) noexcept {
     auto it = calls_.find(id);
-    return it == calls_.end() ? nullptr : it->second.get();
+    return it == calls_.end() ? nullptr : &it->second;
 }
 
 std::size_t CallTable::remove_connections_on_port(std::uint16_t port, TeardownReason reason) {
@@ -385,7 +386,7 @@ void CallTable::clear_all(TeardownReason reason) {
 
 void CallTable::for_each_call(const std::function<void(const Call&)>& fn) const {
     for (const auto& [id, call] : calls_) {
-        fn(*call);
+        fn(call);
     }
 }
 

@@ -220,7 +220,7 @@ public:
     // Drops what has been idle longer than its timeout. Returns calls expired.
     std::size_t expire();
     void clear_all(TeardownReason reason);
-    [[nodiscard]] Call* find_call(std::uint64_t id) const noexcept;
+    [[nodiscard]] Call* find_call(std::uint64_t id) noexcept;
     // Removes every control connection (and its calls) on a TCP port.
     std::size_t remove_connections_on_port(std::uint16_t port, TeardownReason reason);
 
@@ -258,7 +258,7 @@ private:
     std::uint64_t next_call_serial_ = 1;
     std::uint64_t next_connection_serial_ = 1;
     std::unordered_map<ConnectionKey, std::unique_ptr<ControlConnection>, ConnectionKeyHash> connections_;
-    std::unordered_map<std::uint64_t, std::unique_ptr<Call>> calls_;
+    std::unordered_map<std::uint64_t, Call> calls_;
     std::unordered_map<std::uint64_t, Call*> by_public_;
     std::unordered_map<OutboundKey, Call*, OutboundKeyHash> by_outbound_;
     // Public IDs in use per outside peer, to refuse at once when the space is full.
