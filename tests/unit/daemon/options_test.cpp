@@ -1,0 +1,84 @@
+#include "daemon/options.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <vector>
+
+using daemon_options::parse;
+using daemon_options::UsageError;
+
+namespace {
+
+daemon_options::ParseResult run(std::vector<const char*> args) {
+    args.insert(args.begin(), "pptp-fixupd");
+    return parse(static_cast<int>(args.size()), args.data());
+}
+
+TEST(Options, Defaults) {
+    const auto r = run({"--queue", "3", "--outside", "eth1"});
+    ASSERT_TRUE(r.options);
+    EXPECT_EQ(r.options->queue, 3);
+    EXPECT_EQ(r.options->fixup_ports, std::vector<std::uint16_t>{1723});
+    EXPECT_EQ(r.options->table.call_idle_timeout, std::chrono::seconds(600));
+    EXPECT_EQ(r.options->control_socket, "/run/pptp-fixup/pptp-fixupd.sock");
+    EXPECT_EQ(r.options->handler.on_violation, nat::ViolationPolicy::Drop);
+    EXPECT_FALSE(r.options->public_address);
+}
+
+TEST(Options, PortsRangesAndPolicies) {
+    const auto r = run({"-q", "1", "-o", "eth1", "-p", "1723", "--fixup-port", "1724,1725", "--call-id-range",
+                        "100-200", "--on-violation", "accept", "--public-address", "203.0.113.1"});
+    ASSERT_TRUE(r.options);
+    EXPECT_EQ(r.options->fixup_ports, (std::vector<std::uint16_t>{1723, 1724, 1725}));
+    EXPECT_EQ(r.options->table.call_id_min, 100);
+    EXPECT_EQ(r.options->table.call_id_max, 200);
+    EXPECT_EQ(r.options->handler.on_violation, nat::ViolationPolicy::Accept);
+    EXPECT_EQ(*r.options->public_address, 0xCB007101u);
+}
+
+TEST(Options, HelpAndVersionPrintAndStop) {
+    EXPECT_NE(run({"--help"}).print_and_exit.find("SYNOPSIS"), std::string::npos);
+    EXPECT_NE(run({"--version"}).print_and_exit.find("pptp-fixupd"), std::string::npos);
+}
+
+TEST(Options, BadInputIsAUsageError) {
+    EXPECT_THROW(run({"--outside", "eth1"}), UsageError);
+    EXPECT_THROW(run({"--queue", "1"}), UsageError);
+    EXPECT_THROW(run({"--queue", "70000", "--outside", "eth1"}), UsageError);
+    EXPECT_THROW(run({"--queue", "1", "--outside", "eth1", "--fixup-port", "0"}), UsageError);
+    EXPECT_THROW(run({"--queue", "1", "--outside", "eth1", "--call-id-range", "5"}), UsageError);
+    EXPECT_THROW(run({"--queue", "1", "--outside", "eth1", "--on-violation", "ignore"}), UsageError);
+    EXPECT_THROW(run({"--queue", "1", "--outside", "eth1", "--call-timeout", "0"}), UsageError);
+    EXPECT_THROW(run({"--queue", "1", "--outside", "eth1", "--user", "x", "--keep-capabilities"}), UsageError);
+    EXPECT_THROW(run({"--nonsense"}), UsageError);
+}
+
+TEST(Options, ConfigFileTakesTheSameKeysAndTheCommandLineWins) {
+    const std::string path = ::testing::TempDir() + "pptp-fixupd-test.conf";
+    {
+        std::ofstream f(path);
+        f << "queue = 4\noutside = eth2\nfixup-port = 1723\nfixup-port = 1800\ncall-timeout = 30\n";
+    }
+    const auto r = run({"--config", path.c_str(), "--outside", "eth9"});
+    ASSERT_TRUE(r.options);
+    EXPECT_EQ(r.options->queue, 4);
+    EXPECT_EQ(r.options->outside_interface, "eth9");
+    EXPECT_EQ(r.options->fixup_ports, (std::vector<std::uint16_t>{1723, 1800}));
+    EXPECT_EQ(r.options->table.call_idle_timeout, std::chrono::seconds(30));
+    {
+        std::ofstream f(path);
+        f << "queue = 4\nbogus = 1\n";
+    }
+    try {
+        run({"--config", path.c_str(), "--outside", "eth9"});
+        FAIL() << "a bad config line must be an error";
+    } catch (const UsageError& e) {
+        EXPECT_NE(std::string(e.what()).find(path), std::string::npos);
+    }
+    std::remove(path.c_str());
+    EXPECT_THROW(run({"--config", "/nonexistent/pptp-fixupd.conf"}), UsageError);
+}
+
+}  // namespace
