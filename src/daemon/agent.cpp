@@ -109,6 +109,9 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
         }
         table_config.public_address = *address;
     }
+    if (!options_.public_address) {
+        link_watcher_ = std::make_unique<nfq::LinkWatcher>();
+    }
     table_ = std::make_unique<nat::CallTable>(table_config, clock_, counters_, &events_);
     handler_ = std::make_unique<nat::PacketHandler>(*table_, counters_, &events_, options_.handler);
     handler_->set_deferred_verdicts(this);
@@ -251,6 +254,34 @@ nlohmann::json Agent::io_stats() const {
     return result;
 }
 
+void Agent::follow_link_changes() {
+    if (!link_watcher_->drain()) {
+        return;
+    }
+    std::uint32_t index = 0;
+    std::optional<std::uint32_t> address;
+    try {
+        index = nfq::interface_index(options_.outside_interface);
+        address = nfq::primary_ipv4_address(index);
+    } catch (const std::exception& e) {
+        logging::write(logging::Level::Warning, "", std::string("outside interface: ") + e.what());
+        return;
+    }
+    if (index != outside_ifindex_) {
+        logging::write(logging::Level::Notice, "",
+                       "outside interface " + options_.outside_interface + " is now index " + std::to_string(index));
+        outside_ifindex_ = index;
+    }
+    if (address && *address != table_->config().public_address) {
+        // As MASQUERADE does: new calls use the new address.
+        logging::write(logging::Level::Notice, "",
+                       "public address of " + options_.outside_interface + " changed from " +
+                           pptp::format_ipv4(table_->config().public_address) + " to " + pptp::format_ipv4(*address) +
+                           "; new calls use it");
+        table_->set_public_address(*address);
+    }
+}
+
 void Agent::reload() {
     if (options_.config_file.empty()) {
         logging::write(logging::Level::Notice, "", "SIGHUP: no --config file to reload");
@@ -324,7 +355,10 @@ int Agent::run() {
     std::vector<pollfd> fds;
     bool running = true;
     while (running) {
-        fds.assign({{queue_->fd(), POLLIN, 0}, {signal_fd_, POLLIN, 0}, {timer_fd_, POLLIN, 0}});
+        fds.assign({{queue_->fd(), POLLIN, 0},
+                    {signal_fd_, POLLIN, 0},
+                    {timer_fd_, POLLIN, 0},
+                    {link_watcher_ ? link_watcher_->fd() : -1, POLLIN, 0}});
         control_->add_poll_fds(fds);
         if (poll(fds.data(), fds.size(), -1) < 0) {
             if (errno == EINTR) {
@@ -356,7 +390,10 @@ int Agent::run() {
                 sd_notify(0, "WATCHDOG=1");
             }
         }
-        control_->handle(fds, 3);
+        if ((fds[3].revents & POLLIN) != 0) {
+            follow_link_changes();
+        }
+        control_->handle(fds, 4);
         if ((fds[1].revents & POLLIN) != 0) {
             signalfd_siginfo info{};
             while (read(signal_fd_, &info, sizeof(info)) == static_cast<ssize_t>(sizeof(info))) {

@@ -16,6 +16,7 @@
 #include "nat/clock.hpp"
 #include "nat/counters.hpp"
 #include "nat/packet_handler.hpp"
+#include "nfq/link.hpp"
 #include "nfq/queue.hpp"
 
 namespace agent {
@@ -55,6 +56,7 @@ public:
 private:
     void log_table() const;
     void reload();
+    void follow_link_changes();
     std::string set_fixup_port(std::uint16_t port, bool enable);
     [[nodiscard]] std::vector<std::uint16_t> fixup_ports() const;
     [[nodiscard]] nlohmann::json io_stats() const;
@@ -72,6 +74,7 @@ private:
     std::unique_ptr<nfq::Queue> queue_;
     std::unique_ptr<control::ApiContext> api_;
     std::unique_ptr<control::Server> control_;
+    std::unique_ptr<nfq::LinkWatcher> link_watcher_;  // only without --public-address
     bool watchdog_ = false;
     std::uint64_t ticks_ = 0;
     int signal_fd_ = -1;

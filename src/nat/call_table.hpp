@@ -185,6 +185,8 @@ public:
     // New limits and timeouts apply from now on; live calls stay. The public
     // address is kept.
     void set_config(TableConfig config);
+    // New calls get this public address; live calls keep theirs.
+    void set_public_address(std::uint32_t address) noexcept { config_.public_address = address; }
     [[nodiscard]] Instant now() const { return clock_.now(); }
 
     [[nodiscard]] ControlConnection* find_connection(const ConnectionKey& key) noexcept;

@@ -5,6 +5,7 @@
 #include <linux/if_addr.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
+#include <sys/socket.h>
 
 #include <cerrno>
 #include <cstring>
@@ -104,6 +105,37 @@ std::optional<std::uint32_t> primary_ipv4_address(std::uint32_t ifindex) {
     }
     mnl_socket_close(sock);
     return query.address;
+}
+
+LinkWatcher::LinkWatcher() {
+    socket_ = mnl_socket_open(NETLINK_ROUTE);
+    if (socket_ == nullptr) {
+        throw LinkError(std::string("cannot open rtnetlink socket: ") + std::strerror(errno));
+    }
+    if (mnl_socket_bind(socket_, RTMGRP_IPV4_IFADDR | RTMGRP_LINK, MNL_SOCKET_AUTOPID) < 0) {
+        const std::string reason = std::strerror(errno);
+        mnl_socket_close(socket_);
+        throw LinkError("cannot listen for address changes: " + reason);
+    }
+}
+
+LinkWatcher::~LinkWatcher() {
+    mnl_socket_close(socket_);
+}
+
+int LinkWatcher::fd() const noexcept {
+    return mnl_socket_get_fd(socket_);
+}
+
+bool LinkWatcher::drain() {
+    std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
+    bool any = false;
+    // An overrun (ENOBUFS) also means something changed.
+    while (recv(fd(), buffer.data(), buffer.size(), MSG_DONTWAIT) > 0 || errno == ENOBUFS) {
+        any = true;
+        errno = 0;
+    }
+    return any;
 }
 
 }  // namespace nfq

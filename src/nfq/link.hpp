@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <string>
 
+struct mnl_socket;
+
 namespace nfq {
 
 class LinkError : public std::runtime_error {
@@ -17,5 +19,21 @@ public:
 [[nodiscard]] std::uint32_t interface_index(const std::string& name);  // throws LinkError
 // The primary (first, non-secondary) IPv4 address of the interface, host order.
 [[nodiscard]] std::optional<std::uint32_t> primary_ipv4_address(std::uint32_t ifindex);  // throws LinkError
+
+// Tells when IPv4 addresses or links change (RTNLGRP_IPV4_IFADDR, RTNLGRP_LINK),
+// so the agent can follow a dynamic public address as MASQUERADE does.
+class LinkWatcher {
+public:
+    LinkWatcher();  // throws LinkError
+    ~LinkWatcher();
+    LinkWatcher(const LinkWatcher&) = delete;
+    LinkWatcher& operator=(const LinkWatcher&) = delete;
+    [[nodiscard]] int fd() const noexcept;
+    // Reads pending notifications; true if any arrived.
+    bool drain();
+
+private:
+    ::mnl_socket* socket_ = nullptr;
+};
 
 }  // namespace nfq
