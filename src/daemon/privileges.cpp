@@ -17,13 +17,45 @@ std::string errno_text() {
     return std::strerror(errno);
 }
 
+// True if the process holds no permitted capability besides CAP_NET_ADMIN
+// (e.g. a systemd unit already narrowed it): nothing is left to drop.
+bool already_minimal() {
+    cap_t caps = cap_get_proc();
+    if (caps == nullptr) {
+        return false;
+    }
+    bool minimal = true;
+    for (cap_value_t cap = 0; cap <= CAP_LAST_CAP && minimal; ++cap) {
+        cap_flag_value_t value = CAP_CLEAR;
+        if (cap != CAP_NET_ADMIN && CAP_IS_SUPPORTED(cap) && cap_get_flag(caps, cap, CAP_PERMITTED, &value) == 0 &&
+            value == CAP_SET) {
+            minimal = false;
+        }
+    }
+    cap_free(caps);
+    return minimal;
+}
+
+bool has_effective(cap_value_t cap) {
+    cap_t caps = cap_get_proc();
+    cap_flag_value_t value = CAP_CLEAR;
+    const bool ok = caps != nullptr && cap_get_flag(caps, cap, CAP_EFFECTIVE, &value) == 0 && value == CAP_SET;
+    cap_free(caps);
+    return ok;
+}
+
 }  // namespace
 
-void drop_privileges(const std::optional<std::string>& user) {
+void drop_privileges(std::optional<std::string> user) {
+    if (!user && already_minimal()) {
+        return;
+    }
     // Narrow the bounding set first, while CAP_SETPCAP is still ours.
-    for (cap_value_t cap = 0; cap <= CAP_LAST_CAP; ++cap) {
-        if (cap != CAP_NET_ADMIN && CAP_IS_SUPPORTED(cap) && cap_drop_bound(cap) != 0 && errno != EINVAL) {
-            throw PrivilegeError("cannot drop capabilities from the bounding set: " + errno_text());
+    if (has_effective(CAP_SETPCAP)) {
+        for (cap_value_t cap = 0; cap <= CAP_LAST_CAP; ++cap) {
+            if (cap != CAP_NET_ADMIN && CAP_IS_SUPPORTED(cap) && cap_get_bound(cap) == 1 && cap_drop_bound(cap) != 0) {
+                throw PrivilegeError("cannot drop capabilities from the bounding set: " + errno_text());
+            }
         }
     }
     if (user) {
@@ -32,6 +64,12 @@ void drop_privileges(const std::optional<std::string>& user) {
         if (pw == nullptr) {
             throw PrivilegeError("no such user: " + *user);
         }
+        if (getuid() == pw->pw_uid && getgid() == pw->pw_gid) {
+            user.reset();  // already that user (started so by systemd)
+        }
+    }
+    if (user) {
+        const passwd* pw = getpwnam(user->c_str());
         // Keep the permitted set across setuid; it is cut to CAP_NET_ADMIN below.
         if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0) {
             throw PrivilegeError("cannot keep capabilities across setuid: " + errno_text());

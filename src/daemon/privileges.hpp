@@ -17,6 +17,6 @@ public:
 // Keeps only CAP_NET_ADMIN (effective, permitted, inheritable, ambient, and
 // the bounding set, so programs it runs get no more). With `user`, switches
 // to that user and its group first. Throws PrivilegeError with one line.
-void drop_privileges(const std::optional<std::string>& user);
+void drop_privileges(std::optional<std::string> user);
 
 }  // namespace agent
