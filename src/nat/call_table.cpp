@@ -43,7 +43,9 @@ std::string_view teardown_reason_name(TeardownReason r) noexcept {
 }
 
 void StreamCursor::remember_rewrite(std::uint32_t sequence, std::uint8_t original, std::uint8_t rewritten) noexcept {
-    rewrite_log[rewrite_log_next] = RewrittenByte{sequence, original, rewritten};
+    rewritten_sequence[rewrite_log_next] = sequence;
+    rewritten_from[rewrite_log_next] = original;
+    rewritten_to[rewrite_log_next] = rewritten;
     rewrite_log_next = static_cast<std::uint8_t>((rewrite_log_next + 1U) % kRewriteLogSize);
     rewrite_log_used = static_cast<std::uint8_t>(std::min<std::size_t>(rewrite_log_used + 1U, kRewriteLogSize));
 }
@@ -70,7 +72,7 @@ CallTable::~CallTable() = default;
 
 ControlConnection* CallTable::find_connection(const ConnectionKey& key) noexcept {
     auto it = connections_.find(key);
-    return it == connections_.end() ? nullptr : it->second.get();
+    return it == connections_.end() ? nullptr : &it->second;
 }
 
 ControlConnection* CallTable::create_connection(const ConnectionKey& key) {
@@ -85,12 +87,11 @@ ControlConnection* CallTable::create_connection(const ConnectionKey& key) {
         return nullptr;
     }
     ++per_host;
-    auto conn = std::make_unique<ControlConnection>();
-    conn->id = next_connection_serial_++;
-    conn->key = key;
-    conn->created = conn->last_activity = clock_.now();
-    auto* raw = conn.get();
-    connections_.emplace(key, std::move(conn));
+    // In its map node, like calls: one allocation, a stable address.
+    ControlConnection* raw = &connections_.try_emplace(key).first->second;
+    raw->id = next_connection_serial_++;
+    raw->key = key;
+    raw->created = raw->last_activity = clock_.now();
     counters_.add(EventCounter::connections_built);
     return raw;
 }
@@ -340,10 +341,10 @@ std::size_t CallTable::expire() {
     }
     std::vector<ControlConnection*> stale_connections;
     for (auto& [key, conn] : connections_) {
-        const bool closed = conn->state == ConnectionState::Closed || conn->state == ConnectionState::Refused;
+        const bool closed = conn.state == ConnectionState::Closed || conn.state == ConnectionState::Refused;
         const Seconds limit = closed ? config_.closing_linger : config_.control_idle_timeout;
-        if (now - conn->last_activity >= limit) {
-            stale_connections.push_back(conn.get());
+        if (now - conn.last_activity >= limit) {
+            stale_connections.push_back(&conn);
         }
     }
     for (ControlConnection* conn : stale_connections) {
@@ -369,7 +370,7 @@ std::size_t CallTable::remove_connections_on_port(std::uint16_t port, TeardownRe
     std::vector<ControlConnection*> doomed;
     for (auto& [key, conn] : connections_) {
         if (key.outside_port == port || key.inside_port == port) {
-            doomed.push_back(conn.get());
+            doomed.push_back(&conn);
         }
     }
     for (ControlConnection* conn : doomed) {
@@ -380,7 +381,7 @@ std::size_t CallTable::remove_connections_on_port(std::uint16_t port, TeardownRe
 
 void CallTable::clear_all(TeardownReason reason) {
     while (!connections_.empty()) {
-        remove_connection(*connections_.begin()->second, reason);
+        remove_connection(connections_.begin()->second, reason);
     }
 }
 
@@ -392,7 +393,7 @@ void CallTable::for_each_call(const std::function<void(const Call&)>& fn) const 
 
 void CallTable::for_each_connection(const std::function<void(const ControlConnection&)>& fn) const {
     for (const auto& [key, conn] : connections_) {
-        fn(*conn);
+        fn(conn);
     }
 }
 

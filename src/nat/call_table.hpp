@@ -82,12 +82,9 @@ enum class TeardownReason : std::uint8_t {
 // expected byte is and how far into the current message it falls.
 struct StreamCursor {
     static constexpr std::size_t kPrefixSize = 20;  // header, Call IDs, result code
-    static constexpr std::size_t kRewriteLogSize = 32;
-    struct RewrittenByte {
-        std::uint32_t sequence = 0;
-        std::uint8_t original = 0;
-        std::uint8_t rewritten = 0;
-    };
+    // Bytes of the last 8 Call ID fields rewritten: more than a TCP window
+    // of control messages ever holds.
+    static constexpr std::size_t kRewriteLogSize = 16;
 
     bool synchronized = false;
     std::uint32_t next_sequence = 0;
@@ -97,8 +94,11 @@ struct StreamCursor {
     // The current message broke the protocol and is passed on untouched
     // (violation policy "accept"): no rewrite, no state change.
     bool message_ignored = false;
-    // Bytes rewritten recently, so a retransmission gets the same rewrite.
-    std::array<RewrittenByte, kRewriteLogSize> rewrite_log{};
+    // Bytes rewritten recently, so a retransmission gets the same rewrite;
+    // kept as parallel arrays, as it is in every connection.
+    std::array<std::uint32_t, kRewriteLogSize> rewritten_sequence{};
+    std::array<std::uint8_t, kRewriteLogSize> rewritten_from{};
+    std::array<std::uint8_t, kRewriteLogSize> rewritten_to{};
     std::uint8_t rewrite_log_next = 0;
     std::uint8_t rewrite_log_used = 0;
 
@@ -259,7 +259,7 @@ private:
     TableObserver* observer_;
     std::uint64_t next_call_serial_ = 1;
     std::uint64_t next_connection_serial_ = 1;
-    std::unordered_map<ConnectionKey, std::unique_ptr<ControlConnection>, ConnectionKeyHash> connections_;
+    std::unordered_map<ConnectionKey, ControlConnection, ConnectionKeyHash> connections_;
     std::unordered_map<std::uint64_t, Call> calls_;
     std::unordered_map<std::uint64_t, Call*> by_public_;
     std::unordered_map<OutboundKey, Call*, OutboundKeyHash> by_outbound_;

@@ -292,15 +292,14 @@ void PacketHandler::patch_stream_byte(std::uint32_t sequence, std::uint8_t origi
 void PacketHandler::patch_from_log(const StreamCursor& cursor, SegmentRef& segment) {
     // Retransmitted bytes get exactly the rewrite they got the first time.
     for (std::size_t n = 0; n < cursor.rewrite_log_used; ++n) {
-        const auto& entry = cursor.rewrite_log[n];
-        const std::int32_t at = seq_diff(entry.sequence, segment.sequence);
-        if (at < 0 || seq_diff(entry.sequence, segment.end) >= 0 ||
-            seq_diff(entry.sequence, cursor.next_sequence) >= 0) {
+        const std::uint32_t sequence = cursor.rewritten_sequence[n];
+        const std::int32_t at = seq_diff(sequence, segment.sequence);
+        if (at < 0 || seq_diff(sequence, segment.end) >= 0 || seq_diff(sequence, cursor.next_sequence) >= 0) {
             continue;
         }
         const std::size_t offset = segment.payload_offset + static_cast<std::size_t>(at);
-        if (segment.tcp[offset] == entry.original) {
-            const std::uint8_t value = entry.rewritten;
+        if (segment.tcp[offset] == cursor.rewritten_from[n]) {
+            const std::uint8_t value = cursor.rewritten_to[n];
             pptp::patch_with_checksum(segment.tcp, offset, std::span<const std::uint8_t>(&value, 1),
                                       pptp::kTcpChecksumOffset);
             *segment.modified = true;

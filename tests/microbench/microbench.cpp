@@ -5,6 +5,7 @@
 //
 //   build/release/tests/microbench/microbench [--benchmark_filter=...]
 #include <benchmark/benchmark.h>
+#include <malloc.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -245,5 +246,39 @@ void BM_RestoreOnly(benchmark::State& state) {
 BENCHMARK(BM_RestoreOnly);
 
 }  // namespace
+
+// ------------------------------------------------------- memory per call
+
+// Heap bytes the table holds per live call (mallinfo2 before and after),
+// with one control connection per call (as the load test sets up, and as
+// the kernel helper needs) and with 100 calls sharing a connection.
+void BM_MemoryPerCall(benchmark::State& state) {
+    const auto calls = static_cast<std::size_t>(state.range(0));
+    const auto per_connection = static_cast<std::size_t>(state.range(1));
+    double bytes_per_call = 0;
+    for (auto _ : state) {
+        nat::ManualClock clock;
+        nat::Counters counters;
+        nat::TableConfig c = big_table();
+        const std::size_t before = mallinfo2().uordblks;
+        {
+            nat::CallTable table(c, clock, counters, nullptr);
+            nat::ControlConnection* conn = nullptr;
+            for (std::size_t i = 0; i < calls; ++i) {
+                if (i % per_connection == 0) {
+                    conn = table.create_connection(
+                        nat::ConnectionKey{kClient, kServer, static_cast<std::uint16_t>(1024 + i / per_connection), 1723});
+                }
+                nat::CallResult r = table.create_call_from_inside(*conn, static_cast<std::uint16_t>(1 + i));
+                table.set_outside_id(*r.call, static_cast<std::uint16_t>(1 + i));
+                table.mark_established(*r.call);
+            }
+            bytes_per_call = static_cast<double>(mallinfo2().uordblks - before) / static_cast<double>(calls);
+            benchmark::DoNotOptimize(table.call_count());
+        }
+    }
+    state.counters["bytes_per_call"] = bytes_per_call;
+}
+BENCHMARK(BM_MemoryPerCall)->Args({10000, 1})->Args({10000, 100})->Iterations(1)->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();
