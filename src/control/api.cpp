@@ -180,7 +180,10 @@ std::string metrics_text(ApiContext& ctx) {
         const nlohmann::json io = ctx.io_stats();
         for (const auto& [layer, values] : io.items()) {
             for (const auto& [name, value] : values.items()) {
-                const std::string metric = "pptp_fixup_" + layer + "_queue_" + name;
+                std::string metric = "pptp_fixup_";
+                metric += layer;
+                metric += "_queue_";
+                metric += name;
                 const bool gauge = name == "length";
                 line("# TYPE " + metric + (gauge ? " gauge" : " counter"));
                 line(metric + " " + value.dump());
