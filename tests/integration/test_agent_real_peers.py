@@ -26,6 +26,7 @@ from lab.agent import agent_hooks  # noqa: E402
 from lab.netns import Lab  # noqa: E402
 from lab.pptp_client import RealClient, run_real_client  # noqa: E402
 from lab.synthetic_pns import collect_synthetic, spawn_synthetic  # noqa: E402
+from lab.runner import run_tests  # noqa: E402
 
 
 def log(*a):
@@ -189,4 +190,4 @@ def send_gre(lab, role, dst, call_ids):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    run_tests()

@@ -57,6 +57,7 @@ from lab import pcap  # noqa: E402
 from lab.agent import agent_hooks  # noqa: E402
 from lab.netns import Lab  # noqa: E402
 from lab.pptp_client import RealClient  # noqa: E402
+from lab.runner import run_tests, wait_until  # noqa: E402
 
 FAKE_PAC = "203.0.113.20"
 SPOOFED = "203.0.113.99"
@@ -393,28 +394,6 @@ def receive_overruns(stats):
     return q.get("receive_overruns", q.get("agent", {}).get("receive_overruns"))
 
 
-def wait_until(pred, timeout, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
-
-
-def main():
-    if os.geteuid() != 0:
-        print("must run as root", file=sys.stderr)
-        return 2
-    netns.reap_stale()
-    t = time.monotonic()
-    prog = unittest.main(exit=False, verbosity=2 if "-v" in sys.argv else 1)
-    print("total %.1fs" % (time.monotonic() - t))
-    return 0 if prog.result.wasSuccessful() else 1
-
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except netns.LabTerminated as e:
-        sys.exit(128 + e.signum)
+    run_tests()

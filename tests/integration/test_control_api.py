@@ -19,6 +19,7 @@ sys.path.insert(0, TESTS)
 from lab.agent import agent_hooks, bin_dir  # noqa: E402
 from lab.netns import Lab  # noqa: E402
 from lab.pptp_client import RealClient, run_real_client  # noqa: E402
+from lab.runner import run_tests  # noqa: E402
 
 
 def log(*a):
@@ -182,4 +183,4 @@ class ControlApi(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    run_tests()

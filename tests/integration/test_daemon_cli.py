@@ -16,6 +16,7 @@ sys.path.insert(0, TESTS)
 
 from lab.agent import RULES_FILE, RULES_TOOL, bin_dir  # noqa: E402
 from lab.netns import Lab  # noqa: E402
+from lab.runner import run_tests  # noqa: E402
 
 DAEMON = os.path.join(bin_dir(), "pptp-fixupd")
 
@@ -105,4 +106,4 @@ class RuleInstaller(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    run_tests()

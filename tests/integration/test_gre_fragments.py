@@ -37,6 +37,7 @@ from lab import pcap  # noqa: E402
 from lab.agent import agent_hooks  # noqa: E402
 from lab.netns import Lab  # noqa: E402
 from lab.synthetic_pns import run_synthetic  # noqa: E402
+from lab.runner import run_tests, wait_until  # noqa: E402
 
 SIZES = (1400, 1600, 3000, 8190)   # PPP payload bytes; also the Call IDs
 FRAMES = 3
@@ -148,28 +149,6 @@ class GreFragments(unittest.TestCase):
         log("total %.1fs" % (time.monotonic() - t0))
 
 
-def wait_until(pred, timeout, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
-
-
-def main():
-    if os.geteuid() != 0:
-        print("must run as root", file=sys.stderr)
-        return 2
-    netns.reap_stale()
-    t = time.monotonic()
-    prog = unittest.main(exit=False, verbosity=2 if "-v" in sys.argv else 1)
-    print("total %.1fs" % (time.monotonic() - t))
-    return 0 if prog.result.wasSuccessful() else 1
-
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except netns.LabTerminated as e:
-        sys.exit(128 + e.signum)
+    run_tests()

@@ -33,6 +33,7 @@ from lab.netns import Lab  # noqa: E402
 from lab.ppp import LCP_CONFREQ, HdlcDecoder, hdlc_encode  # noqa: E402
 from lab.pptp_client import RealClient, run_real_clients  # noqa: E402
 from lab.synthetic_pns import collect_synthetic, spawn_synthetic  # noqa: E402
+from lab.runner import run_tests  # noqa: E402
 
 
 def log(*a):
@@ -188,21 +189,5 @@ class KernelHelper(unittest.TestCase):
         self.assertEqual(len(outside), 2, gre)
 
 
-def main():
-    if os.geteuid() != 0:
-        print("must run as root", file=sys.stderr)
-        return 2
-    removed = netns.reap_stale()
-    if removed:
-        print("removed stale lab namespaces:", removed)
-    t = time.monotonic()
-    prog = unittest.main(exit=False, verbosity=2 if "-v" in sys.argv else 1)
-    print("total %.1fs" % (time.monotonic() - t))
-    return 0 if prog.result.wasSuccessful() else 1
-
-
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except netns.LabTerminated as e:
-        sys.exit(128 + e.signum)
+    run_tests()

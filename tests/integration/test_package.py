@@ -40,6 +40,7 @@ sys.path.insert(0, TESTS)
 
 from lab.netns import Lab, LabError  # noqa: E402
 from lab.pptp_client import RealClient  # noqa: E402
+from lab.runner import run_tests  # noqa: E402
 
 UNIT = "lib/systemd/system/pptp-fixupd.service"
 CONFIG = "etc/pptp-fixup/pptp-fixupd.conf"
@@ -318,4 +319,4 @@ class Package(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    run_tests()

@@ -45,6 +45,7 @@ from lab import pptp_proto as P  # noqa: E402
 from lab.agent import agent_hooks  # noqa: E402
 from lab.netns import Lab  # noqa: E402
 from lab.synthetic_pns import collect_synthetic, spawn_synthetic  # noqa: E402
+from lab.runner import run_tests, wait_until  # noqa: E402
 
 CALL_ID = 0x0A07
 FRAMES = 5
@@ -242,14 +243,6 @@ class StreamSegmentation(unittest.TestCase):
                                          for r in results), 0, results)
 
 
-def wait_until(pred, timeout, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
-
 
 def print_table(results):
     if not results:
@@ -270,19 +263,5 @@ def print_table(results):
     sys.stdout.flush()
 
 
-def main():
-    if os.geteuid() != 0:
-        print("must run as root", file=sys.stderr)
-        return 2
-    netns.reap_stale()
-    t = time.monotonic()
-    prog = unittest.main(exit=False, verbosity=2 if "-v" in sys.argv else 1)
-    print("total %.1fs" % (time.monotonic() - t))
-    return 0 if prog.result.wasSuccessful() else 1
-
-
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except netns.LabTerminated as e:
-        sys.exit(128 + e.signum)
+    run_tests()
