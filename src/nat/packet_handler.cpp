@@ -70,6 +70,11 @@ Verdict PacketHandler::drop(DropReason reason, std::uint32_t source, std::uint32
     return Verdict{false, false, false, 0, reason};
 }
 
+Verdict PacketHandler::refuse_connection(std::uint32_t source, std::uint32_t destination) {
+    counters_.add(EventCounter::control_connections_refused);
+    return drop(DropReason::control_connection_limit, source, destination);
+}
+
 Verdict PacketHandler::handle(Direction direction, std::span<std::uint8_t> packet, std::uint32_t packet_id) {
     counters_.add(EventCounter::packets_seen);
     const pptp::Ipv4Parse ip = pptp::parse_ipv4(packet);
@@ -174,8 +179,7 @@ Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> pac
         if (!tcp->ack || conn == nullptr) {
             conn = table_.create_connection(key);
             if (conn == nullptr) {
-                counters_.add(EventCounter::control_connections_refused);
-                return drop(DropReason::control_connection_limit, source, destination);
+                return refuse_connection(source, destination);
             }
         }
         conn->streams[index] = StreamCursor{};
@@ -197,8 +201,7 @@ Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> pac
         if (conn == nullptr && starts_message && !tcp->rst) {
             conn = table_.create_connection(key);
             if (conn == nullptr) {
-                counters_.add(EventCounter::control_connections_refused);
-                return drop(DropReason::control_connection_limit, source, destination);
+                return refuse_connection(source, destination);
             }
             conn->state = ConnectionState::Established;  // its start went by unseen
         }
@@ -349,17 +352,21 @@ bool PacketHandler::hold(std::uint64_t key, std::span<const std::uint8_t> packet
     return true;
 }
 
+void PacketHandler::release_segment(const HeldSegment& h, bool accept) {
+    deferred_->release(
+        h.packet_id, accept,
+        accept && h.modified ? std::span<const std::uint8_t>(h.packet) : std::span<const std::uint8_t>());
+    --held_total_;
+    counters_.add(accept ? EventCounter::control_segments_released : EventCounter::packets_dropped);
+}
+
 void PacketHandler::release_held(std::uint64_t key, bool accept_all) {
     auto it = held_.find(key);
     if (it == held_.end()) {
         return;
     }
     for (const auto& h : it->second) {
-        deferred_->release(
-            h.packet_id, accept_all,
-            accept_all && h.modified ? std::span<const std::uint8_t>(h.packet) : std::span<const std::uint8_t>());
-        --held_total_;
-        counters_.add(accept_all ? EventCounter::control_segments_released : EventCounter::packets_dropped);
+        release_segment(h, accept_all);
     }
     held_.erase(it);
 }
@@ -372,10 +379,8 @@ std::size_t PacketHandler::expire_held() {
         for (auto h = list.begin(); h != list.end();) {
             if (now - h->since >= config_.hold_timeout) {
                 // The rest never came: drop it and let TCP resend it whole.
-                deferred_->release(h->packet_id, false, {});
+                release_segment(*h, false);
                 counters_.drop(DropReason::control_hold_timeout);
-                counters_.add(EventCounter::packets_dropped);
-                --held_total_;
                 ++dropped;
                 h = list.erase(h);
             } else {
@@ -489,11 +494,7 @@ Verdict PacketHandler::consume_stream(ControlConnection& conn, Direction dir, st
         auto& list = held->second;
         for (auto h = list.begin(); h != list.end();) {
             if (seq_diff(h->end, cursor.next_sequence) <= 0) {
-                deferred_->release(
-                    h->packet_id, true,
-                    h->modified ? std::span<const std::uint8_t>(h->packet) : std::span<const std::uint8_t>());
-                counters_.add(EventCounter::control_segments_released);
-                --held_total_;
+                release_segment(*h, true);
                 h = list.erase(h);
             } else {
                 ++h;

@@ -153,9 +153,12 @@ private:
     bool hold(std::uint64_t key, std::span<const std::uint8_t> packet, std::size_t tcp_offset,
               std::size_t payload_offset, std::uint32_t sequence, std::uint32_t end, std::uint32_t packet_id,
               bool modified);
+    // Sends a held segment's verdict and forgets it from the count.
+    void release_segment(const HeldSegment& h, bool accept);
     void release_held(std::uint64_t key, bool accept_all);
     void refuse(std::span<std::uint8_t> packet, std::size_t tcp_offset, Verdict& verdict);
     Verdict drop(DropReason reason, std::uint32_t source, std::uint32_t destination);
+    Verdict refuse_connection(std::uint32_t source, std::uint32_t destination);  // a connection limit
 
     CallTable& table_;
     Counters& counters_;
