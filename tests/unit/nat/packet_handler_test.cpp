@@ -88,11 +88,16 @@ protected:
         if (v.accept) f.in_seq += static_cast<std::uint32_t>(payload.size());
         return tcp_payload(p);
     }
-    void open(Flow& f) {
+    // TCP open only: both streams synchronized, no PPTP message yet.
+    void handshake(Flow& f) {
         Bytes syn = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq - 1, SYN, {});
         ASSERT_TRUE(run(Direction::Outbound, syn).accept);
         Bytes synack = tcp_packet(f.server, f.client, 1723, f.port, f.in_seq - 1, SYN | ACK, {});
         ASSERT_TRUE(run(Direction::Inbound, synack).accept);
+    }
+    // TCP open and Start-Control-Connection done.
+    void open(Flow& f) {
+        handshake(f);
         out(f, sccrq());
         in(f, sccrp());
     }
@@ -273,10 +278,7 @@ TEST_F(PacketHandlerTest, AfterOneSideSendsFinTheOtherMayStillFinish) {
 
 TEST_F(PacketHandlerTest, ReplyAfterTheClientHalfClosedStillGetsThrough) {
     Flow f{kClient1, 40000};
-    Bytes syn = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq - 1, SYN, {});
-    run(Direction::Outbound, syn);
-    Bytes synack = tcp_packet(f.server, f.client, 1723, f.port, f.in_seq - 1, SYN | ACK, {});
-    run(Direction::Inbound, synack);
+    handshake(f);
     out(f, sccrq());
     out(f, {}, nullptr, ACK | FIN);
     Verdict v;
@@ -289,10 +291,7 @@ TEST_F(PacketHandlerTest, SeveralMessagesInOneSegment) {
     Flow b{kClient2, 40000};
     open(a);
     call(a, 7, 300);
-    Bytes syn = tcp_packet(b.client, b.server, b.port, 1723, b.out_seq - 1, SYN, {});
-    run(Direction::Outbound, syn);
-    Bytes synack = tcp_packet(b.server, b.client, 1723, b.port, b.in_seq - 1, SYN | ACK, {});
-    run(Direction::Inbound, synack);
+    handshake(b);
     const Bytes sent = out(b, concat({sccrq(), ocrq(7), echo_request(1)}));
     ASSERT_EQ(sent.size(), 156u + 168u + 16u);
     const std::uint16_t pb = get16(sent, 156 + 12);
@@ -631,8 +630,7 @@ class StrictStateTest : public PacketHandlerTest {};
 
 TEST_F(StrictStateTest, CallRequestBeforeStartIsOutOfState) {
     Flow f{kClient1, 40000};
-    Bytes syn = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq - 1, SYN, {});
-    run(Direction::Outbound, syn);
+    handshake(f);
     Verdict v;
     out(f, ocrq(7), &v);
     EXPECT_FALSE(v.accept);
@@ -642,8 +640,7 @@ TEST_F(StrictStateTest, CallRequestBeforeStartIsOutOfState) {
 
 TEST_F(StrictStateTest, CallRequestRightBehindStartRequestIsAccepted) {
     Flow f{kClient1, 40000};
-    Bytes syn = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq - 1, SYN, {});
-    run(Direction::Outbound, syn);
+    handshake(f);
     Verdict v;
     out(f, concat({sccrq(), ocrq(7)}), &v);
     EXPECT_TRUE(v.accept);
@@ -672,8 +669,7 @@ TEST_F(StrictStateTest, SecondReplyIsOutOfState) {
 
 TEST_F(StrictStateTest, VersionOtherThanOneIsRefused) {
     Flow f{kClient1, 40000};
-    Bytes syn = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq - 1, SYN, {});
-    run(Direction::Outbound, syn);
+    handshake(f);
     Bytes start = sccrq();
     put16(start, 12, 0x0200);
     Verdict v;
