@@ -89,6 +89,19 @@ nlohmann::json stats(ApiContext& ctx) {
     if (ctx.fixup_ports) {
         result["fixup_ports"] = ctx.fixup_ports();
     }
+    // What is in force now, so a reload can be checked.
+    const nat::TableConfig& config = ctx.table.config();
+    result["limits"] = {
+        {"call_timeout_seconds", config.call_idle_timeout.count()},
+        {"setup_timeout_seconds", config.call_setup_timeout.count()},
+        {"control_timeout_seconds", config.control_idle_timeout.count()},
+        {"max_calls", config.max_calls},
+        {"max_calls_per_connection", config.max_calls_per_connection},
+        {"max_connections", config.max_connections},
+        {"max_connections_per_host", config.max_connections_per_host},
+        {"call_id_min", config.call_id_min},
+        {"call_id_max", config.call_id_max},
+        {"call_id_allocation", config.call_id_allocation == nat::CallIdAllocation::Random ? "random" : "preserve"}};
     return result;
 }
 

@@ -9,6 +9,7 @@
 #include <array>
 #include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -152,6 +153,14 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
     if (!options_.keep_capabilities) {
         drop_privileges(options_.user);
     }
+#ifdef PPTP_FIXUP_SANITIZER_SELFTEST
+    // Sanitizer builds only: a test sets this to prove that LeakSanitizer
+    // still sees this process's leaks once it has left root.
+    if (std::getenv("PPTP_FIXUP_SELFTEST_LEAK") != nullptr) {
+        void* leaked = std::malloc(4242);
+        asm volatile("" : : "r"(leaked) : "memory");  // kept, then forgotten
+    }
+#endif
     if (options_.manage_rules) {
         if (const std::string failure = apply_rules(rules_settings(), fixup_ports()); !failure.empty()) {
             throw std::runtime_error("cannot install the rules: " + failure);

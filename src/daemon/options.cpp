@@ -122,6 +122,7 @@ ParseResult parse(int argc, const char* const* argv) {
     std::string public_address;
     std::vector<std::string> ports;
     std::string call_id_range = "1-65535";
+    std::string call_id_allocation = "preserve";
     std::string log_level = "info";
     unsigned int call_timeout = 600;
     unsigned int setup_timeout = 120;
@@ -188,6 +189,11 @@ ParseResult parse(int argc, const char* const* argv) {
         ("call-id-range", po::value<std::string>(&call_id_range)->value_name("MIN-MAX")->default_value("1-65535"),
          "public Call IDs handed out; when all are taken for an outside peer, a new call is refused: its "
          "request is turned into a TCP reset, so the client fails at once")
+        ("call-id-allocation",
+         po::value<std::string>(&call_id_allocation)->value_name("MODE")->default_value("preserve"),
+         "how a call's public Call ID is chosen: preserve (the inside peer's own Call ID when it is free at "
+         "that outside peer, else the next free one) or random (a random free one for every call, as "
+         "MASQUERADE --random does for ports, so the outside cannot predict or count inside calls)")
         ("on-violation", po::value<std::string>(&on_violation)->value_name("POLICY")->default_value("drop"),
          "a control message that breaks RFC 2637: drop (the segment carrying it) or accept (pass it on "
          "unchanged, never rewritten)")
@@ -265,6 +271,13 @@ ParseResult parse(int argc, const char* const* argv) {
         throw UsageError("invalid --log-level '" + log_level + "': expected error, warning, notice, info or debug");
     }
     parse_call_id_range(call_id_range, opt.table);
+    if (call_id_allocation == "preserve") {
+        opt.table.call_id_allocation = nat::CallIdAllocation::Preserve;
+    } else if (call_id_allocation == "random") {
+        opt.table.call_id_allocation = nat::CallIdAllocation::Random;
+    } else {
+        throw UsageError("invalid --call-id-allocation '" + call_id_allocation + "': expected preserve or random");
+    }
     if (call_timeout == 0 || setup_timeout == 0 || control_timeout == 0) {
         throw UsageError("timeouts must be at least 1 second");
     }

@@ -62,7 +62,11 @@ std::size_t CallTable::OutboundKeyHash::operator()(const OutboundKey& k) const n
 }
 
 CallTable::CallTable(TableConfig config, const Clock& clock, Counters& counters, TableObserver* observer)
-    : config_(config), clock_(clock), counters_(counters), observer_(observer) {
+    : config_(config),
+      clock_(clock),
+      counters_(counters),
+      observer_(observer),
+      random_(config.random_seed != 0 ? config.random_seed : std::random_device{}()) {
     if (config_.call_id_min > config_.call_id_max) {
         std::swap(config_.call_id_min, config_.call_id_max);
     }
@@ -174,11 +178,24 @@ CallError CallTable::allocate_public_id(Call& call, std::uint16_t preferred) {
     };
     std::uint32_t chosen = 0;
     bool found = false;
-    // Keep the inside peer's own ID when it is free, as PAT keeps ports: it
-    // makes captures on both sides easy to match up.
-    if (preferred >= lo && preferred <= config_.call_id_max && is_free(preferred)) {
-        chosen = preferred;
-        found = true;
+    if (config_.call_id_allocation == CallIdAllocation::Preserve) {
+        // Keep the inside peer's own ID when it is free, as PAT keeps ports:
+        // it makes captures on both sides easy to match up.
+        if (preferred >= lo && preferred <= config_.call_id_max && is_free(preferred)) {
+            chosen = preferred;
+            found = true;
+        }
+    } else {
+        // A few random probes find a free ID at once unless the space is
+        // nearly full; the scan below, from a random place, settles the rest.
+        for (int probe = 0; !found && probe < 8; ++probe) {
+            const std::uint32_t candidate = lo + static_cast<std::uint32_t>(random_() % span);
+            if (is_free(candidate)) {
+                chosen = candidate;
+                found = true;
+            }
+        }
+        allocation_cursor_ = static_cast<std::uint32_t>(random_() % span);
     }
     for (std::uint32_t i = 0; !found && i < span; ++i) {
         const std::uint32_t candidate = lo + (allocation_cursor_ + i) % span;

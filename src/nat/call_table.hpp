@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <random>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
@@ -17,8 +18,19 @@
 
 namespace nat {
 
+enum class CallIdAllocation : std::uint8_t {
+    // Keep the inside peer's own Call ID when it is free, as PAT keeps ports.
+    Preserve,
+    // A random free public Call ID for every call, as MASQUERADE --random
+    // does for ports: the outside cannot predict or count inside calls.
+    Random,
+};
+
 struct TableConfig {
     std::uint32_t public_address = 0;  // host byte order
+    CallIdAllocation call_id_allocation = CallIdAllocation::Preserve;
+    // Seeds the random allocator; 0 takes a seed from the kernel.
+    std::uint64_t random_seed = 0;
     // Range handed out as public Call IDs. 0 is left out by default: some
     // peers treat Call ID 0 as "none".
     std::uint16_t call_id_min = 1;
@@ -268,6 +280,7 @@ private:
     // Control connections per inside address, for max_connections_per_host.
     std::unordered_map<std::uint32_t, std::uint32_t> connections_per_host_;
     std::uint32_t allocation_cursor_ = 0;
+    std::mt19937_64 random_;
 };
 
 }  // namespace nat

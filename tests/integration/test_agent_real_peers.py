@@ -4,17 +4,22 @@
 Router namespace: the user's own FORWARD policy DROP + MASQUERADE, the
 project's rules (pptp-fixup-rules) and pptp-fixupd; no kernel PPTP helper.
 
-- three real `pptp` clients to one real `pptpd` at once: every frame echoed,
-  calls held open and used again; the agent lists exactly those calls, and
-  the public Call IDs it reports are the ones the server sees on the wire;
+- three real `pptp` clients to one real `pptpd` at once, with random public
+  Call IDs (so every client's Call ID is rewritten): every frame echoed,
+  calls held open and used again; the agent lists exactly those calls, the
+  server sees only their public Call IDs, in the control messages and in
+  GRE, and the clients see only their own;
 - two synthetic clients choosing the same Call ID both work, with distinct
   public Call IDs;
 - GRE for no call, or from the wrong outside peer, never reaches a client;
-- with the agent stopped (fail-closed queue) a new client fails.
+- with the agent stopped (fail-closed queue) a new client fails and nothing
+  of it reaches the server;
+- LeakSanitizer reports a leak of the daemon, as root and under --user.
 """
 
 import os
 import re
+import subprocess
 import sys
 import time
 import unittest
@@ -22,8 +27,9 @@ import unittest
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TESTS)
 
-from lab.agent import agent_hooks  # noqa: E402
-from lab.netns import Lab  # noqa: E402
+from lab.agent import agent_hooks, bin_dir  # noqa: E402
+from lab.netns import Lab, LabError  # noqa: E402
+from lab.pcap import control_messages, ipv4_packets  # noqa: E402
 from lab.pptp_client import RealClient, run_real_client  # noqa: E402
 from lab.synthetic_pns import collect_synthetic, spawn_synthetic  # noqa: E402
 from lab.runner import run_tests  # noqa: E402
@@ -48,7 +54,8 @@ class AgentWithRealPeers(unittest.TestCase):
             self.assertNotIn("--helper", rules, "no kernel helper may be attached")
             self.assertIn("PPTP_FIXUP", rules)
             lab.start_pptpd()
-            cap, pcap = lab.capture("server", bpf=["ip", "proto", "47"])
+            cap, pcap = lab.capture("server", bpf=["ip", "proto", "47", "or", "tcp", "port", "1723"])
+            ccap, cpcap = lab.capture("client1", bpf=["ip", "proto", "47", "or", "tcp", "port", "1723"])
             clients = [RealClient(lab, i) for i in (1, 2, 3)]
             try:
                 for c in clients:
@@ -71,6 +78,9 @@ class AgentWithRealPeers(unittest.TestCase):
                     self.assertGreaterEqual(s["packets_out"], 5)
                 public_ids = {s["public_call_id"] for s in sessions}
                 self.assertEqual(len(public_ids), 3)
+                for s in sessions:
+                    self.assertNotEqual(s["public_call_id"], s["inside_call_id"],
+                                        "random allocation rewrites the Call ID: %s" % s)
 
                 time.sleep(1.0)   # calls stay up
                 for c in clients:
@@ -78,6 +88,25 @@ class AgentWithRealPeers(unittest.TestCase):
             finally:
                 results = [c.stop() for c in clients]
             lab.stop_process(cap)
+            lab.stop_process(ccap)
+            inside_ids = {s["inside_call_id"] for s in sessions}
+            # The control messages at the server name only public Call IDs:
+            # each client's request, and the server's replies to it.
+            at_server = control_messages(pcap)
+            requests = {m["call_id"] for src, _dst, m in at_server if m["name"] == "OCRQ"}
+            replies = {m["peer_call_id"] for _src, dst, m in at_server if m["name"] == "OCRP"}
+            log("at the server: OCRQ call ids", sorted(requests), "OCRP peer ids", sorted(replies),
+                "inside ids", sorted(inside_ids))
+            self.assertEqual(requests, public_ids)
+            self.assertEqual(replies, public_ids)
+            self.assertFalse(inside_ids & {m.get("call_id") for _s, _d, m in at_server} - public_ids,
+                             "an inside Call ID leaked to the server")
+            # Client 1 sees its own Call ID both in the reply and in the server's GRE.
+            mine = next(s for s in sessions if s["inside_address"] == "198.18.0.11")
+            at_client = control_messages(cpcap)
+            self.assertEqual({m["peer_call_id"] for _s, _d, m in at_client if m["name"] == "OCRP"},
+                             {mine["inside_call_id"]})
+            self.assertEqual(gre_keys_in_pcap(lab, cpcap, "203.0.113.10"), {mine["inside_call_id"]})
             # The server addressed its GRE to the public Call IDs the agent reported.
             seen = gre_keys_in_pcap(lab, pcap, "203.0.113.10")
             log("GRE keys sent by the server:", sorted(seen))
@@ -173,9 +202,33 @@ class AgentWithRealPeers(unittest.TestCase):
         with Lab(clients=1, mode="agent", **agent_hooks()) as lab:
             lab.start_pptpd()
             self.assertEqual(lab.agent.stop(), 0)
+            cap, pcap = lab.capture("server")
             r = run_real_client(lab, 1, frames=3, timeout=4)
+            lab.stop_process(cap)
             log("without agent:", r)
             self.assertEqual(r.frames_echoed, 0)
+            # Fail-closed, not open: nothing of the client's got out, neither
+            # with its inside address nor translated.
+            arrived = [(p["src"], p["dst"], p["proto"]) for p in ipv4_packets(pcap)
+                       if p["src"] in ("198.18.0.11", "203.0.113.1")]
+            self.assertEqual(arrived, [], "packets of the client reached the server")
+
+    def test_leaks_are_reported_as_root_and_under_a_user(self):
+        """The lab's teardown fails on a LeakSanitizer report, also from a
+        daemon that left root (--user): the sanitizer build leaks on purpose
+        when PPTP_FIXUP_SELFTEST_LEAK is set."""
+        if "libasan" not in lab_ldd(os.path.join(bin_dir(), "pptp-fixupd")):
+            self.skipTest("not a sanitizer build")
+        for extra in ([], ["--user", "nobody"]):
+            with self.subTest(args=extra):
+                hooks = agent_hooks(extra_args=extra, env={"PPTP_FIXUP_SELFTEST_LEAK": "1"})
+                with self.assertRaisesRegex(LabError, "LeakSanitizer: detected memory leaks"):
+                    with Lab(clients=1, mode="agent", **hooks):
+                        pass
+
+
+def lab_ldd(path):
+    return subprocess.run(["ldd", path], capture_output=True, text=True, check=True).stdout
 
 
 def send_gre(lab, role, dst, call_ids):

@@ -19,11 +19,17 @@ sys.path.insert(0, TESTS)
 from lab.agent import agent_hooks, bin_dir  # noqa: E402
 from lab.netns import Lab  # noqa: E402
 from lab.pptp_client import RealClient, run_real_client  # noqa: E402
-from lab.runner import run_tests  # noqa: E402
+from lab.runner import run_tests, wait_until  # noqa: E402
 
 
 def log(*a):
     print("    [control-test]", *a, flush=True)
+
+
+def control_rule_ports(lab):
+    """The --dports lists of the queue rules in PPTP_FIXUP_CONTROL."""
+    rules = lab.router_exec(["iptables-save", "-t", "mangle"]).stdout
+    return set(re.findall(r"-A PPTP_FIXUP_CONTROL .*--(?:ports|dports|ctorigdstport) (\S+).*-j NFQUEUE", rules))
 
 
 def server_gre_keys(lab, pcap):
@@ -83,19 +89,20 @@ class ControlApi(unittest.TestCase):
             self.assertEqual(server_gre_keys(lab, pcap), {s["public_call_id"] for s in sessions})
 
     def test_fixup_disable_and_enable_on_the_same_daemon(self):
-        with Lab(clients=2, mode="agent", **agent_hooks()) as lab:
+        with Lab(clients=2, mode="agent", **agent_hooks(ports=(1723, 1724))) as lab:
             lab.start_pptpd()
             pid = lab.agent.proc.pid
-            self.assertIn("1723", lab.agent.ctl("fixup", "list"))
+            self.assertEqual(lab.agent.ctl_json("fixup", "list")["fixup_ports"], [1723, 1724])
+            self.assertEqual(control_rule_ports(lab), {"1723,1724"})
             held = RealClient(lab, 1)
             held.start()
             try:
                 self.assertTrue(held.wait_server_frame(8))
                 self.assertEqual(held.exchange(2), 2)
                 lab.agent.ctl("fixup", "disable", "1723")
-                self.assertEqual(lab.agent.ctl_json("fixup", "list")["fixup_ports"], [])
-                rules = lab.router_exec(["iptables-save"]).stdout
-                self.assertNotIn("NFQUEUE", rules.split("PPTP_FIXUP_CONTROL")[-1] if "PPTP_FIXUP_CONTROL" in rules else "")
+                self.assertEqual(lab.agent.ctl_json("fixup", "list")["fixup_ports"], [1724])
+                # Exactly that port's rules went; the other port's stayed.
+                self.assertEqual(control_rule_ports(lab), {"1724"})
                 self.assertEqual(lab.agent.sessions(), [], "calls on a disabled port are torn down")
                 self.assertIn("reason fixup-disabled", lab.agent.output())
                 r = run_real_client(lab, 2, frames=3, timeout=4)
@@ -104,18 +111,26 @@ class ControlApi(unittest.TestCase):
             finally:
                 held.stop()
             lab.agent.ctl("fixup", "enable", "1723")
-            self.assertEqual(lab.agent.ctl_json("fixup", "list")["fixup_ports"], [1723])
+            self.assertEqual(lab.agent.ctl_json("fixup", "list")["fixup_ports"], [1723, 1724])
+            self.assertEqual(control_rule_ports(lab), {"1723,1724"})
             r = run_real_client(lab, 2, frames=3)
             log("enabled again:", r)
             self.assertEqual(r.frames_echoed, 3)
             self.assertEqual(lab.agent.proc.pid, pid)
             self.assertIsNone(lab.agent.proc.poll())
             self.assertIn("500001", lab.agent.output())
+            # With no port left, every rule goes.
+            lab.agent.ctl("fixup", "disable", "1723")
+            lab.agent.ctl("fixup", "disable", "1724")
+            self.assertEqual(control_rule_ports(lab), set())
+            self.assertNotIn("NFQUEUE", lab.router_exec(["iptables-save"]).stdout)
 
     def test_reload_keeps_live_calls(self):
-        config = {"queue": 7, "outside": "out0", "fixup-port": 1723, "call-timeout": 600}
-        with Lab(clients=1, mode="agent", **agent_hooks(config=config)) as lab:
+        config = {"queue": 7, "outside": "out0", "fixup-port": 1723, "call-timeout": 600, "max-calls": 100}
+        with Lab(clients=2, mode="agent", **agent_hooks(config=config)) as lab:
             lab.start_pptpd()
+            limits = lambda: lab.agent.stats()["limits"]  # noqa: E731
+            self.assertEqual((limits()["call_timeout_seconds"], limits()["max_calls"]), (600, 100))
             client = RealClient(lab, 1)
             client.start()
             try:
@@ -123,23 +138,38 @@ class ControlApi(unittest.TestCase):
                 self.assertEqual(client.exchange(3), 3)
                 before = lab.agent.sessions()
                 self.assertEqual(len(before), 1)
-                lab.agent.reload(dict(config, **{"fixup-port": [1723, 1724], "call-timeout": 300,
-                                                 "max-calls": 100}))
+                lab.agent.reload(dict(config, **{"fixup-port": [1723, 1724], "call-timeout": 3,
+                                                 "max-calls": 1}))
                 self.assertEqual(lab.agent.ctl_json("fixup", "list")["fixup_ports"], [1723, 1724])
-                self.assertIn("1723,1724", lab.router_exec(["iptables-save"]).stdout)
+                self.assertEqual(control_rule_ports(lab), {"1723,1724"})
+                self.assertEqual((limits()["call_timeout_seconds"], limits()["max_calls"]), (3, 1))
                 after = lab.agent.sessions()
                 self.assertEqual([s["id"] for s in after], [s["id"] for s in before])
                 self.assertEqual(client.exchange(3), 3, "the call survives the reload")
-                # A bad config line: nothing changes, the daemon keeps going.
-                with open(lab.agent.config_path, "a") as f:
-                    f.write("no-such-option = 1\n")
-                lab.agent.proc.send_signal(1)
-                time.sleep(0.5)
-                self.assertIsNone(lab.agent.proc.poll())
-                self.assertIn("reload failed, nothing changed", lab.agent.output())
-                self.assertEqual(client.exchange(2), 2)
+                # The new limit holds: a second call is refused while the first lives.
+                refused_before = lab.agent.stats()["dropped"]["call_limit"]
+                r = run_real_client(lab, 2, frames=2, timeout=4)
+                self.assertEqual(r.frames_echoed, 0, r)
+                self.assertEqual(lab.agent.stats()["dropped"]["call_limit"], refused_before + 1)
+                # The new timeout holds: the idle call goes within seconds, not ten minutes.
+                self.assertTrue(wait_until(lambda: not lab.agent.sessions(), 10), lab.agent.sessions())
+                self.assertIn("reason idle-timeout", lab.agent.output())
             finally:
                 client.stop()
+            # A bad config line: nothing changes, the daemon keeps going.
+            with open(lab.agent.config_path, "a") as f:
+                f.write("call-timeout = 900\nno-such-option = 1\n")
+            lab.agent.proc.send_signal(1)
+            self.assertTrue(wait_until(lambda: "reload failed, nothing changed" in lab.agent.output(), 10),
+                            lab.agent.output())
+            self.assertIsNone(lab.agent.proc.poll())
+            self.assertEqual(lab.agent.ctl_json("fixup", "list")["fixup_ports"], [1723, 1724])
+            self.assertEqual(control_rule_ports(lab), {"1723,1724"})
+            self.assertEqual((limits()["call_timeout_seconds"], limits()["max_calls"]), (3, 1))
+            # A new call works after the reloads.
+            self.assertTrue(wait_until(lambda: lab.agent.stats()["live_calls"] == 0, 10))
+            r = run_real_client(lab, 2, frames=3)
+            self.assertEqual(r.frames_echoed, 3, r)
 
     def test_clear_session_and_bad_requests(self):
         with Lab(clients=1, mode="agent", **agent_hooks()) as lab:

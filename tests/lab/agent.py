@@ -8,8 +8,11 @@ pptp-fixupctl from the build tree (PPTP_FIXUP_BIN, default build/debug/src).
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 from . import netns
@@ -24,11 +27,51 @@ def bin_dir():
     return os.environ.get("PPTP_FIXUP_BIN", os.path.join(REPO, "build", "debug", "src"))
 
 
+# What ASan, LSan and UBSan print when they find something (LSan also when it
+# cannot run at all, e.g. when it may not ptrace the process).
+SANITIZER_REPORT = re.compile(
+    r"(ERROR|WARNING|SUMMARY): (Address|Leak|UndefinedBehavior)Sanitizer|"
+    r"runtime error:|LeakSanitizer has encountered a fatal error")
+
+
+def exit_problem(returncode, output):
+    """Why a finished pptp-fixupd run counts as a failure, or None: a
+    non-zero exit (a signal included) or a sanitizer report in its output."""
+    problems = []
+    if returncode != 0:
+        problems.append("exit status %s" % returncode)
+    m = SANITIZER_REPORT.search(output)
+    if m:
+        start = output.rfind("\n", 0, m.start()) + 1
+        problems.append("sanitizer report: " + output[start:start + 2000])
+    return "; ".join(problems) or None
+
+
+def tools_copy():
+    """A directory of its own (0755, under the system temp dir) holding copies
+    of the rule installer and its rule file, so a daemon that leaves root
+    (--user) can run them wherever the checkout lies and whatever its
+    permissions. The caller removes it."""
+    d = tempfile.mkdtemp(prefix="pptp-fixup-tools-")
+    os.chmod(d, 0o755)
+    for src, mode in ((RULES_TOOL, 0o755), (RULES_FILE, 0o644)):
+        dst = os.path.join(d, os.path.basename(src))
+        shutil.copyfile(src, dst)
+        os.chmod(dst, mode)
+    return d
+
+
 class Agent:
     """pptp-fixupd running in the router namespace of a lab."""
 
-    def __init__(self, lab, queue=QUEUE, ports=(1723,), extra_args=(), config=None):
+    # Random public Call IDs by default in the lab, so that every test with
+    # real clients (whose own random Call IDs would be free, public = inside)
+    # exercises the rewrite both ways; the daemon's own default is preserve.
+    def __init__(self, lab, queue=QUEUE, ports=(1723,), extra_args=(), config=None,
+                 call_id_allocation="random", env=None):
         self.lab = lab
+        self.call_id_allocation = call_id_allocation
+        self.extra_env = dict(env or {})
         self.queue = queue
         self.ports = list(ports)
         self.extra_args = list(extra_args)
@@ -38,6 +81,15 @@ class Agent:
         self.log_path = os.path.join(lab.tmpdir, "pptp-fixupd.log")
         self.proc = None
         self.log = None
+        self.log_start = 0  # where the latest run's output begins in the log
+        self.tools_dir = None
+        self.failures = []  # exit_problem() of every run that went wrong
+
+    @property
+    def rules_command(self):
+        if self.tools_dir is None:
+            self.tools_dir = tools_copy()
+        return os.path.join(self.tools_dir, "pptp-fixup-rules")
 
     def install_rules(self):
         self.lab.router_exec([RULES_TOOL, "install", "--outside", self.lab.outside_if,
@@ -59,14 +111,18 @@ class Agent:
         else:
             for p in self.ports:
                 argv += ["--fixup-port", str(p)]
-        argv += ["--rules-command", RULES_TOOL] + self.extra_args
+        if self.call_id_allocation and not (self.config and "call-id-allocation" in self.config):
+            argv += ["--call-id-allocation", self.call_id_allocation]
+        argv += ["--rules-command", self.rules_command] + self.extra_args
         # ASan in the debug build: leaks fail the run at exit.
-        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0")
+        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", **self.extra_env)
+        self.log_start = self.log.tell()
         self.proc = self.lab.spawn("router", argv, stdin=subprocess.DEVNULL,
                                    stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.failures.append(exit_problem(self.proc.returncode, self.run_output()))
                 raise netns.LabError("pptp-fixupd exited with %s: %s" % (
                     self.proc.returncode, self.output()))
             if os.path.exists(self.socket):
@@ -94,7 +150,9 @@ class Agent:
         raise netns.LabError("pptp-fixupd did not reload: %s" % self.output())
 
     def stop(self):
-        """SIGTERM; returns the exit code (0 on a clean shutdown)."""
+        """SIGTERM; returns the exit code (0 on a clean shutdown). A non-zero
+        exit or a sanitizer report is also kept in ``failures``, which fails
+        the lab's teardown (agent_hooks) even where the test ignores it."""
         if self.proc is None:
             return None
         rc = self.lab.stop_process(self.proc, timeout=10)
@@ -102,7 +160,32 @@ class Agent:
         if self.log is not None:
             self.log.close()
             self.log = None
+        problem = exit_problem(rc, self.run_output())
+        if problem:
+            self.failures.append(problem)
         return rc
+
+    def run_output(self):
+        """Output of the latest run only (the log holds every run's)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_start)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def cleanup(self):
+        """Stops the daemon, removes the rules and the tools copy; raises
+        LabError when any run of the daemon failed."""
+        try:
+            self.stop()
+            self.remove_rules()
+        finally:
+            if self.tools_dir is not None:
+                shutil.rmtree(self.tools_dir, ignore_errors=True)
+                self.tools_dir = None
+        if self.failures:
+            raise netns.LabError("pptp-fixupd failed: " + " | ".join(self.failures))
 
     def output(self):
         try:
@@ -137,8 +220,7 @@ def agent_hooks(**agent_kwargs):
     def teardown(lab):
         agent = getattr(lab, "agent", None)
         if agent is not None:
-            agent.stop()
-            agent.remove_rules()
+            agent.cleanup()
 
     return {"agent_setup": setup, "agent_teardown": teardown}
 

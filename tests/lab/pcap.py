@@ -10,6 +10,10 @@ type, or None when fewer than 4 bytes).  TCP segments get ``sport``,
 ``tcp_streams(path, dport)`` rebuilds the byte streams sent to ``dport``:
 per (src, sport) the data from the SYN on and the stream offsets where
 segments ended.
+
+``control_messages(path, port)`` parses the PPTP control messages of both
+directions of every connection to ``port`` whose SYN was captured:
+``(src, dst, message dict)`` in stream order per direction.
 """
 
 import socket
@@ -112,3 +116,29 @@ def tcp_streams(path, dport):
     for st in streams.values():
         st["data"] = bytes(st["data"])
     return streams
+
+
+def control_messages(path, port=P.PPTP_PORT):
+    isn = {}
+    data = {}
+    for d in ipv4_packets(path):
+        if d["proto"] != 6 or port not in (d.get("sport"), d.get("dport")):
+            continue
+        key = (d["src"], d["sport"], d["dst"], d["dport"])
+        if d["tcp_flags"] & TCP_SYN:
+            isn[key] = d["seq"]
+            data[key] = bytearray()
+            continue
+        if key not in isn or not d["data"]:
+            continue
+        buf = data[key]
+        off = (d["seq"] - isn[key] - 1) & 0xFFFFFFFF
+        end = off + len(d["data"])
+        if len(buf) < end:
+            buf += bytes(end - len(buf))
+        buf[off:end] = d["data"]
+    out = []
+    for (src, _sport, dst, _dport), buf in data.items():
+        for msg in P.CtrlStream().feed(bytes(buf)):
+            out.append((src, dst, msg))
+    return out

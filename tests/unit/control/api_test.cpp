@@ -121,6 +121,9 @@ TEST_F(ApiTest, StatsAndMetricsAgree) {
     EXPECT_EQ(stats["dropped"]["gre_no_matching_call"], 1);
     EXPECT_EQ(stats["live_calls"], 1);
     EXPECT_EQ(stats["queue"]["agent"]["received"], 5);
+    EXPECT_EQ(stats["limits"]["call_timeout_seconds"], table->config().call_idle_timeout.count());
+    EXPECT_EQ(stats["limits"]["max_calls"], table->config().max_calls);
+    EXPECT_EQ(stats["limits"]["call_id_allocation"], "preserve");
     const std::string metrics = ask({{"command", "metrics"}})["metrics"];
     EXPECT_NE(metrics.find("pptp_fixup_events_total{event=\"calls_built\"} 1\n"), std::string::npos);
     EXPECT_NE(metrics.find("pptp_fixup_dropped_total{reason=\"gre_no_matching_call\"} 1\n"), std::string::npos);

@@ -38,6 +38,13 @@ TEST(Options, PortsRangesAndPolicies) {
     EXPECT_EQ(*r.options->public_address, 0xCB007101u);
 }
 
+TEST(Options, CallIdAllocationIsPreserveUnlessRandomIsAsked) {
+    EXPECT_EQ(run({"-q", "1", "-o", "eth1"}).options->table.call_id_allocation, nat::CallIdAllocation::Preserve);
+    EXPECT_EQ(run({"-q", "1", "-o", "eth1", "--call-id-allocation", "random"}).options->table.call_id_allocation,
+              nat::CallIdAllocation::Random);
+    EXPECT_THROW(run({"-q", "1", "-o", "eth1", "--call-id-allocation", "sequential"}), UsageError);
+}
+
 TEST(Options, HelpAndVersionPrintAndStop) {
     EXPECT_NE(run({"--help"}).print_and_exit.find("SYNOPSIS"), std::string::npos);
     EXPECT_NE(run({"--version"}).print_and_exit.find("pptp-fixupd"), std::string::npos);

@@ -52,6 +52,46 @@ TEST_F(CallTableTest, KeepsTheInsideCallIdWhenFree) {
     EXPECT_EQ(table.find_by_public_id(*conn, 7), r.call);
 }
 
+TEST_F(CallTableTest, RandomAllocationRewritesAndSpreadsPublicIds) {
+    TableConfig config;
+    config.call_id_allocation = CallIdAllocation::Random;
+    config.random_seed = 42;
+    CallTable table = make(config);
+    std::set<std::uint16_t> seen;
+    int kept_inside_id = 0;
+    for (std::uint16_t i = 0; i < 64; ++i) {
+        auto* conn = table.create_connection(key(kClient1, kServerA, static_cast<std::uint16_t>(40000 + i)));
+        ASSERT_NE(conn, nullptr);
+        const auto r = table.create_call_from_inside(*conn, 7);
+        ASSERT_NE(r.call, nullptr);
+        kept_inside_id += r.call->public_call_id == 7 ? 1 : 0;
+        seen.insert(r.call->public_call_id);
+        EXPECT_EQ(table.find_inbound(kServerA, r.call->public_call_id), r.call);
+    }
+    EXPECT_EQ(seen.size(), 64u) << "public Call IDs stay unique per outside peer";
+    EXPECT_LE(kept_inside_id, 1) << "random does not keep the inside Call ID";
+    // Neither sequential nor clustered: spread over the 16-bit space.
+    EXPECT_GT(*seen.rbegin() - *seen.begin(), 30000);
+}
+
+TEST_F(CallTableTest, RandomAllocationFindsTheLastFreeId) {
+    TableConfig config;
+    config.call_id_allocation = CallIdAllocation::Random;
+    config.call_id_min = 100;
+    config.call_id_max = 103;
+    CallTable table = make(config);
+    std::set<std::uint16_t> seen;
+    for (std::uint16_t i = 0; i < 4; ++i) {
+        auto* conn = table.create_connection(key(kClient1 + i, kServerA));
+        const auto r = table.create_call_from_inside(*conn, 5);
+        ASSERT_NE(r.call, nullptr);
+        seen.insert(r.call->public_call_id);
+    }
+    EXPECT_EQ(seen, (std::set<std::uint16_t>{100, 101, 102, 103}));
+    auto* full = table.create_connection(key(kClient2 + 9, kServerA));
+    EXPECT_EQ(table.create_call_from_inside(*full, 5).error, CallError::CallIdSpaceExhausted);
+}
+
 TEST_F(CallTableTest, SameInsideIdFromTwoClientsGetsTwoPublicIds) {
     CallTable table = make();
     auto* c1 = table.create_connection(key(kClient1, kServerA));
