@@ -46,7 +46,7 @@ def main():
     say()
 
     say("2. The same, plus pptp-fixup-rules and pptp-fixupd (no kernel PPTP helper).")
-    with Lab(clients=3, mode="agent", name_hint="d", **agent_hooks()) as lab:
+    with Lab(clients=3, mode="agent", name_hint="d", **agent_hooks(call_id_allocation=None)) as lab:
         lab.start_pptpd()
         clients = [RealClient(lab, i) for i in (1, 2, 3)]
         try:
@@ -82,7 +82,7 @@ def main():
     say()
     say("3. Two clients that choose the same Call ID (7), through pptp-fixupd.")
     say("   (a small synthetic client of the project's; the real pptp picks random IDs)")
-    with Lab(clients=2, mode="agent", name_hint="d", **agent_hooks()) as lab:
+    with Lab(clients=2, mode="agent", name_hint="d", **agent_hooks(call_id_allocation=None)) as lab:
         lab.start_pptpd()
         procs = [spawn_synthetic(lab, i, call_id=7, frames=FRAMES, extra=["--hold", "1.5"]) for i in (1, 2)]
         time.sleep(1.0)

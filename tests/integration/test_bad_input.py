@@ -118,7 +118,7 @@ class BadInput(unittest.TestCase):
                                        "ctrl-pac", "--listen", FAKE_PAC],
                             env=ENV, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        line = cls.pac.stdout.readline()
+        line = netns.read_line(cls.pac.stdout, 10)
         if b"listening" not in line:
             raise netns.LabError("fake PAC did not start: %r" % line)
         cls.client = RealClient(lab, 1).start()
@@ -194,7 +194,7 @@ class BadInput(unittest.TestCase):
         def counted():
             d = delta(before, lab.agent.stats()["dropped"])
             return all(d.get(r, 0) >= n for r, n in expected.items())
-        wait_until(counted, 5)
+        self.assertTrue(wait_until(counted, 5), "drops not counted: %s" % delta(before, lab.agent.stats()["dropped"]))
         got = delta(before, lab.agent.stats()["dropped"])
         log("%s control junk via %s: drops %s" % (side, server, got))
         self.assert_agent_up()
@@ -246,7 +246,7 @@ class BadInput(unittest.TestCase):
         def counted():
             d = delta(before["dropped"], lab.agent.stats()["dropped"])
             return all(d.get(r, 0) >= n for r, n in expected.items())
-        wait_until(counted, 10)
+        self.assertTrue(wait_until(counted, 10), "drops not counted")
         time.sleep(0.3)  # anything late
         after = lab.agent.stats()
         got = delta(before["dropped"], after["dropped"])

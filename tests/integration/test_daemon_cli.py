@@ -5,6 +5,7 @@ interface, a queue already bound, a control socket in use; the rule installer
 is idempotent and removes only its own rules."""
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -14,7 +15,7 @@ import unittest
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TESTS)
 
-from lab.agent import RULES_FILE, RULES_TOOL, bin_dir  # noqa: E402
+from lab.agent import RULES_FILE, RULES_TOOL, bin_dir, exit_problem  # noqa: E402
 from lab.netns import Lab  # noqa: E402
 from lab.runner import run_tests  # noqa: E402
 
@@ -53,8 +54,9 @@ class DaemonStartupErrors(unittest.TestCase):
                 f.write("queue = 3\noutside = out0\nno-such-key = 1\n")
             self.assert_one_line_error(self.run_daemon(lab, "--config", conf), "config file " + conf)
 
+            first_log = open(os.path.join(lab.tmpdir, "first.log"), "w+b")
             first = lab.spawn("router", [DAEMON, "--queue", "3", "--outside", "out0", "--control-socket", sock],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=first_log, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + 10
             while not os.path.exists(sock) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -65,7 +67,11 @@ class DaemonStartupErrors(unittest.TestCase):
             self.assert_one_line_error(self.run_daemon(lab, "--queue", "4", "--outside", "out0",
                                                        "--control-socket", sock), "in use by another process")
             self.assertIsNone(first.poll(), "the first daemon keeps running")
-            self.assertEqual(lab.stop_process(first, timeout=10), 0)
+            rc = lab.stop_process(first, timeout=10)
+            first_log.seek(0)
+            output = first_log.read().decode(errors="replace")
+            first_log.close()
+            self.assertIsNone(exit_problem(rc, output), output)
             self.assertFalse(os.path.exists(sock), "socket removed on clean shutdown")
 
     def test_help_is_complete(self):
@@ -75,34 +81,87 @@ class DaemonStartupErrors(unittest.TestCase):
             self.assertIn(word, out)
 
 
-class RuleInstaller(unittest.TestCase):
+JUMP_TARGETS = {("raw", "PREROUTING"): "PPTP_FIXUP_NOTRACK", ("mangle", "PREROUTING"): "PPTP_FIXUP_IN",
+                ("mangle", "FORWARD"): "PPTP_FIXUP_CONTROL", ("mangle", "POSTROUTING"): "PPTP_FIXUP_OUT",
+                ("filter", "FORWARD"): "PPTP_FIXUP_FILTER"}
 
-    def rules(self, lab):
-        return [l for l in lab.router_exec(["iptables-save"]).stdout.splitlines()
-                if l.startswith("-A")]
+
+def ruleset(lab):
+    """The whole iptables-save output without comments and counters: chains,
+    policies and every rule of every table, in order."""
+    out = []
+    for line in lab.router_exec(["iptables-save"]).stdout.splitlines():
+        if line.startswith("#"):
+            continue
+        out.append(re.sub(r"\s*\[\d+:\d+\]$", "", line))
+    return out
+
+
+def chain_rules(lines):
+    """{(table, chain): [rule, ...]} of an iptables-save listing."""
+    chains, table = {}, None
+    for line in lines:
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith("-A "):
+            chain = line.split()[1]
+            chains.setdefault((table, chain), []).append(line)
+    return chains
+
+
+class RuleInstaller(unittest.TestCase):
 
     def test_idempotent_and_leaves_user_rules_alone(self):
         with Lab(clients=1, mode="plain") as lab:
-            user_rules = self.rules(lab)
+            # The user's own rules in every table the fixup uses.
+            for rule in (["-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", "9", "-j", "CT", "--notrack"],
+                         ["-t", "mangle", "-A", "FORWARD", "-p", "tcp", "--tcp-flags", "SYN,RST", "SYN",
+                          "-j", "TCPMSS", "--clamp-mss-to-pmtu"],
+                         ["-t", "mangle", "-A", "PREROUTING", "-i", "out0", "-j", "MARK", "--set-mark", "7"]):
+                lab.router_exec(["iptables", "-w"] + rule)
+            pristine = ruleset(lab)
+            user_rules = [line for line in pristine if line.startswith("-A")]
+            self.assertTrue(user_rules, "the lab has rules of its own")
             argv = [RULES_TOOL, "install", "--outside", "out0", "--queue", "5", "--rules", RULES_FILE]
             lab.router_exec(argv)
-            once = self.rules(lab)
+            once = ruleset(lab)
             lab.router_exec(argv)
-            self.assertEqual(self.rules(lab), once, "a second install changes nothing")
+            self.assertEqual(ruleset(lab), once, "a second install changes nothing")
             for rule in user_rules:
                 self.assertIn(rule, once)
-            jumps = [r for r in once if "-j PPTP_FIXUP" in r]
-            self.assertEqual(len(jumps), 5, jumps)
+            chains = chain_rules(once)
+            for (table, builtin), target in JUMP_TARGETS.items():
+                rules = chains.get((table, builtin), [])
+                jumps = [r for r in rules if "-j PPTP_FIXUP" in r]
+                self.assertEqual(jumps, ["-A %s -j %s" % (builtin, target)], (table, builtin, rules))
+                self.assertEqual(rules[0], jumps[0], "the jump stands first in %s %s" % (table, builtin))
+            self.assertEqual(sum("-j PPTP_FIXUP" in r for r in once), len(JUMP_TARGETS))
             lab.router_exec(argv[:-2] + ["--ports", "1723,1724", "--rules", RULES_FILE])
-            self.assertTrue(any("1723,1724" in r for r in self.rules(lab)))
+            self.assertTrue(any("1723,1724" in r for r in ruleset(lab)))
             lab.router_exec([RULES_TOOL, "remove", "--rules", RULES_FILE])
-            self.assertEqual(self.rules(lab), user_rules)
+            self.assertEqual(ruleset(lab), pristine, "remove restores the rule set exactly")
             lab.router_exec([RULES_TOOL, "remove", "--rules", RULES_FILE])
+            self.assertEqual(ruleset(lab), pristine, "a second remove changes nothing")
             bad = lab.router_exec([RULES_TOOL, "install", "--outside", "out0", "--queue", "x",
                                    "--rules", RULES_FILE], check=False)
             self.assertEqual(bad.returncode, 1)
             self.assertIn("--queue", bad.stderr)
-            self.assertEqual(self.rules(lab), user_rules)
+            self.assertEqual(ruleset(lab), pristine)
+
+    def test_jumps_go_first_above_rules_the_user_added_later(self):
+        with Lab(clients=1, mode="plain") as lab:
+            argv = [RULES_TOOL, "install", "--outside", "out0", "--queue", "5", "--rules", RULES_FILE]
+            lab.router_exec(argv)
+            # Rules the user inserts at the top after the install...
+            lab.router_exec(["iptables", "-w", "-I", "FORWARD", "-p", "udp", "-j", "ACCEPT"])
+            lab.router_exec(["iptables", "-w", "-t", "mangle", "-I", "FORWARD", "-p", "udp", "-j", "ACCEPT"])
+            # ...then a reinstall (a reload, a port change) puts the jumps first again.
+            lab.router_exec(argv)
+            chains = chain_rules(ruleset(lab))
+            for (table, builtin), target in JUMP_TARGETS.items():
+                self.assertEqual(chains[(table, builtin)][0], "-A %s -j %s" % (builtin, target))
+                self.assertEqual(sum("-j PPTP_FIXUP" in r for r in chains[(table, builtin)]), 1)
+            lab.router_exec([RULES_TOOL, "remove", "--rules", RULES_FILE])
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ class GreFragments(unittest.TestCase):
                     teardown[int(m.group(1))] = tuple(
                         int(m.group(i)) for i in range(2, 6))
                 return set(SIZES) <= set(teardown)
-            wait_until(all_torn_down, 5)
+            self.assertTrue(wait_until(all_torn_down, 5), lab.agent.output())
             time.sleep(0.2)
             packets = {}
             for role, (proc, path) in caps.items():

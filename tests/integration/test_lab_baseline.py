@@ -74,9 +74,11 @@ class LabSelfTest(unittest.TestCase):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
         try:
-            names = p.stdout.readline().split()
-            self.assertEqual(len(names), 3, p.stderr.read() if not names
-                             else names)
+            names = netns.read_line(p.stdout, 30).decode().split()
+            if not names:
+                p.terminate()  # the lab cleans up on SIGTERM
+                self.fail("no namespaces named: %s" % p.communicate(timeout=10)[1])
+            self.assertEqual(len(names), 3, names)
             self.assertTrue(set(names) <= set(netns.list_netns()))
             p.send_signal(signal.SIGTERM)
             p.wait(20)

@@ -38,6 +38,7 @@ TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(TESTS)
 sys.path.insert(0, TESTS)
 
+from lab.agent import exit_problem  # noqa: E402
 from lab.netns import Lab, LabError  # noqa: E402
 from lab.pptp_client import RealClient  # noqa: E402
 from lab.runner import run_tests  # noqa: E402
@@ -257,9 +258,12 @@ class Package(unittest.TestCase):
             return state["log"].read().decode(errors="replace")
 
         def teardown(lab):
-            if state.get("proc") is not None and state["proc"].poll() is None:
-                lab.stop_process(state["proc"], timeout=10)
+            problem = None
+            if state.get("proc") is not None:
+                problem = exit_problem(lab.stop_process(state["proc"], timeout=10), output())
             lab.router_exec([rules, "remove"], check=False)
+            if problem:
+                raise LabError("packaged pptp-fixupd failed: " + problem)
 
         try:
             with Lab(clients=1, mode="agent", agent_setup=setup, agent_teardown=teardown) as lab:
@@ -298,7 +302,7 @@ class Package(unittest.TestCase):
                 self.assertIn("1723,1724", lab.router_exec(["iptables-save"]).stdout)
 
                 self.assertTrue(wait_notification("WATCHDOG=1", 3), notices)
-                self.assertEqual(lab.stop_process(state["proc"], timeout=10), 0, output())
+                self.assertIsNone(exit_problem(lab.stop_process(state["proc"], timeout=10), output()), output())
                 state["proc"] = None
                 self.assertTrue(wait_notification("STOPPING=1", 1), notices)
                 self.assertNotIn("PPTP_FIXUP", lab.router_exec(["iptables-save"]).stdout,

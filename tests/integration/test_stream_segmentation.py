@@ -152,7 +152,8 @@ class StreamSegmentation(unittest.TestCase):
 
         results, sessions = run_pair(lab, extra, both_calls)
         self.record("agent", name, results)
-        wait_until(lambda: not lab.agent.sessions(), 5)
+        self.assertTrue(wait_until(lambda: not lab.agent.sessions(), 5),
+                        "calls of case %s still live: %s" % (name, lab.agent.sessions()))
         after = lab.agent.stats()["counters"]
         delta = {k: after[k] - before[k] for k in after}
         log("%-28s agent: %s / %s  held %d released %d rewritten %d "

@@ -27,6 +27,7 @@ import atexit
 import itertools
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -133,6 +134,25 @@ def _txt(b):
     if b is None:
         return ""
     return b.decode(errors="replace") if isinstance(b, bytes) else b
+
+
+def read_line(pipe, timeout):
+    """The first line a child writes to ``pipe`` (bytes, newline included),
+    or what came before EOF or ``timeout`` seconds: a stuck child never hangs
+    the test. Reads the file descriptor itself, byte by byte, so nothing
+    stays behind in a Python buffer."""
+    fd = pipe.fileno()
+    deadline = time.monotonic() + timeout
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        line += chunk
+    return line
 
 
 def list_netns():
@@ -476,9 +496,8 @@ class Lab:
                               "-U", "--immediate-mode", "-w", path]
                        + list(bpf), stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + wait
-        line = p.stderr.readline()  # "listening on ..." once capturing
-        if b"listening" not in line or time.monotonic() > deadline:
+        line = read_line(p.stderr, wait)  # "listening on ..." once capturing
+        if b"listening" not in line:
             self.stop_process(p)
             raise LabError("tcpdump in %s did not start: %r" % (role, line))
         return p, path

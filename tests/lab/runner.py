@@ -28,6 +28,11 @@ def _main():
     t = time.monotonic()
     prog = unittest.main(module="__main__", exit=False, verbosity=2)
     print("total %.1fs" % (time.monotonic() - t))
+    if prog.result.testsRun == 0:
+        # A script that collects nothing (a typo in a name, a bad import
+        # guard) must not pass by running nothing.
+        print("no test ran", file=sys.stderr)
+        return 1
     return 0 if prog.result.wasSuccessful() else 1
 
 

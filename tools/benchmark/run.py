@@ -170,7 +170,7 @@ def run_one(args, bench, mode, calls, payload):
         # control connections) and a public Call ID range that never equals
         # an inside ID (1..N), so every GRE packet's key really is rewritten
         # and the PNS's key check proves the translation.
-        hooks = agent_hooks(extra_args=[
+        hooks = agent_hooks(call_id_allocation="preserve", extra_args=[
             "--max-connections-per-host", "65536", "--max-connections", "65536",
             "--call-id-range", "%d-65535" % (calls + 1)])
     t0 = time.monotonic()
