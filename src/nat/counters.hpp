@@ -58,8 +58,7 @@ namespace nat {
     X(gre_bad_flags)                \
     X(gre_bad_payload_length)       \
     X(gre_not_to_public_address)    \
-    X(gre_no_matching_call)         \
-    X(gre_call_not_established)
+    X(gre_no_matching_call)
 
 enum class EventCounter : std::uint8_t {
 #define PPTP_FIXUP_ENUM(name) name,

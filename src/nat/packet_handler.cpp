@@ -125,9 +125,10 @@ Verdict PacketHandler::handle_gre(Direction dir, std::span<std::uint8_t> packet,
         if (call == nullptr) {
             return drop(DropReason::gre_no_matching_call, source, destination);
         }
-        if (!call->outside_known) {
-            return drop(DropReason::gre_call_not_established, source, destination);
-        }
+        // A call still waiting for its reply is fine: the server may send its
+        // first GRE before its Outgoing-Call-Reply leaves (Nagle holds that
+        // back behind an unacknowledged segment); it can only know the public
+        // Call ID from our request.
         pptp::store_be32(address.data(), call->inside_address);
         pptp::patch_with_checksum(ip_header, pptp::kIpv4DestinationOffset, address, pptp::kIpv4ChecksumOffset);
         // PPTP GRE has no checksum (C=0), so the key is rewritten as is.
