@@ -175,7 +175,11 @@ class AgentWithRealPeers(unittest.TestCase):
             self.assertEqual(r.frames_echoed, 3, r)
             # The rule installer it runs still works with the one capability.
             lab.agent.ctl("fixup", "enable", "1724")
-            self.assertIn("1723,1724", lab.router_exec(["iptables-save"]).stdout)
+            saved = lab.router_exec(["iptables-save"]).stdout
+            for port in (1723, 1724):
+                for way in ("-o", "-i"):
+                    self.assertIn("-A PPTP_FIXUP_CONTROL %s out0 -p tcp -m conntrack --ctorigdstport %d -j NFQUEUE"
+                                  % (way, port), saved)
 
     def test_root_keeps_only_cap_net_admin(self):
         with Lab(clients=1, mode="agent", **agent_hooks()) as lab:

@@ -27,9 +27,15 @@ def log(*a):
 
 
 def control_rule_ports(lab):
-    """The --dports lists of the queue rules in PPTP_FIXUP_CONTROL."""
+    """The ports whose connections PPTP_FIXUP_CONTROL queues, each in both
+    directions (out to and in from out0): the original destination port of
+    the connection, one rule per port and direction."""
     rules = lab.router_exec(["iptables-save", "-t", "mangle"]).stdout
-    return set(re.findall(r"-A PPTP_FIXUP_CONTROL .*--(?:ports|dports|ctorigdstport) (\S+).*-j NFQUEUE", rules))
+    ways = {}
+    for way, port in re.findall(r"-A PPTP_FIXUP_CONTROL (-[io] out0) -p tcp -m conntrack "
+                                r"--ctorigdstport (\d+) -j NFQUEUE", rules):
+        ways.setdefault(int(port), set()).add(way)
+    return {port for port, w in ways.items() if w == {"-o out0", "-i out0"}}
 
 
 def server_gre_keys(lab, pcap):
@@ -93,7 +99,7 @@ class ControlApi(unittest.TestCase):
             lab.start_pptpd()
             pid = lab.agent.proc.pid
             self.assertEqual(lab.agent.ctl_json("fixup", "list")["fixup_ports"], [1723, 1724])
-            self.assertEqual(control_rule_ports(lab), {"1723,1724"})
+            self.assertEqual(control_rule_ports(lab), {1723, 1724})
             held = RealClient(lab, 1)
             held.start()
             try:
@@ -102,7 +108,7 @@ class ControlApi(unittest.TestCase):
                 lab.agent.ctl("fixup", "disable", "1723")
                 self.assertEqual(lab.agent.ctl_json("fixup", "list")["fixup_ports"], [1724])
                 # Exactly that port's rules went; the other port's stayed.
-                self.assertEqual(control_rule_ports(lab), {"1724"})
+                self.assertEqual(control_rule_ports(lab), {1724})
                 self.assertEqual(lab.agent.sessions(), [], "calls on a disabled port are torn down")
                 self.assertIn("reason fixup-disabled", lab.agent.output())
                 r = run_real_client(lab, 2, frames=3, timeout=4)
@@ -112,7 +118,7 @@ class ControlApi(unittest.TestCase):
                 held.stop()
             lab.agent.ctl("fixup", "enable", "1723")
             self.assertEqual(lab.agent.ctl_json("fixup", "list")["fixup_ports"], [1723, 1724])
-            self.assertEqual(control_rule_ports(lab), {"1723,1724"})
+            self.assertEqual(control_rule_ports(lab), {1723, 1724})
             r = run_real_client(lab, 2, frames=3)
             log("enabled again:", r)
             self.assertEqual(r.frames_echoed, 3)
@@ -141,7 +147,7 @@ class ControlApi(unittest.TestCase):
                 lab.agent.reload(dict(config, **{"fixup-port": [1723, 1724], "call-timeout": 3,
                                                  "max-calls": 1}))
                 self.assertEqual(lab.agent.ctl_json("fixup", "list")["fixup_ports"], [1723, 1724])
-                self.assertEqual(control_rule_ports(lab), {"1723,1724"})
+                self.assertEqual(control_rule_ports(lab), {1723, 1724})
                 self.assertEqual((limits()["call_timeout_seconds"], limits()["max_calls"]), (3, 1))
                 after = lab.agent.sessions()
                 self.assertEqual([s["id"] for s in after], [s["id"] for s in before])
@@ -164,7 +170,7 @@ class ControlApi(unittest.TestCase):
                             lab.agent.output())
             self.assertIsNone(lab.agent.proc.poll())
             self.assertEqual(lab.agent.ctl_json("fixup", "list")["fixup_ports"], [1723, 1724])
-            self.assertEqual(control_rule_ports(lab), {"1723,1724"})
+            self.assertEqual(control_rule_ports(lab), {1723, 1724})
             self.assertEqual((limits()["call_timeout_seconds"], limits()["max_calls"]), (3, 1))
             # A new call works after the reloads.
             self.assertTrue(wait_until(lambda: lab.agent.stats()["live_calls"] == 0, 10))

@@ -299,7 +299,11 @@ class Package(unittest.TestCase):
 
                 # At run time the daemon (not root) updates its rules itself.
                 lab.router_exec([ctl, "--socket", socket_path, "fixup", "enable", "1724"])
-                self.assertIn("1723,1724", lab.router_exec(["iptables-save"]).stdout)
+                saved = lab.router_exec(["iptables-save"]).stdout
+                for port in (1723, 1724):   # one rule a port and a direction
+                    for way in ("-o", "-i"):
+                        self.assertIn("-A PPTP_FIXUP_CONTROL %s out0 -p tcp -m conntrack --ctorigdstport %d "
+                                      "-j NFQUEUE --queue-num 0" % (way, port), saved)
 
                 self.assertTrue(wait_notification("WATCHDOG=1", 3), notices)
                 self.assertIsNone(exit_problem(lab.stop_process(state["proc"], timeout=10), output()), output())
