@@ -33,7 +33,6 @@ void leak_on_purpose() {
 // NOLINTEND(clang-analyzer-unix.Malloc)
 #endif
 
-
 std::string describe_call(const nat::Call& call) {
     std::ostringstream s;
     s << "PPTP call " << call.id << " inside " << pptp::format_ipv4(call.inside_address) << " call-id "
@@ -81,7 +80,7 @@ void EventLog::packet_dropped(nat::DropReason reason, std::uint32_t source, std:
 }
 
 void EventLog::control_violation(const nat::ControlConnection& conn, nat::DropReason reason, std::string_view message,
-                                 bool dropped) {
+                                 bool reset) {
     std::uint64_t suppressed = 0;
     if (!violation_limiter_.allow(conn.id, std::chrono::steady_clock::now(), suppressed)) {
         return;
@@ -90,7 +89,10 @@ void EventLog::control_violation(const nat::ControlConnection& conn, nat::DropRe
     s << "PPTP control connection " << pptp::format_ipv4(conn.key.inside_address) << ':' << conn.key.inside_port
       << " - " << pptp::format_ipv4(conn.key.outside_address) << ':' << conn.key.outside_port << ": "
       << nat::drop_reason_name(reason) << " (" << message << "), message "
-      << (dropped ? "dropped" : "passed on unchanged");
+      << (reset ? "control connection reset (an RST to each peer)"
+          : reason == nat::DropReason::control_unknown_call_id
+              ? "Call ID set to 0 and message passed on"
+              : "passed on, its Call IDs translated, its state ignored");
     if (suppressed > 0) {
         s << "; " << suppressed << " more on this connection since the last report";
     }
@@ -141,9 +143,11 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
     if (signal_fd_ < 0 || timer_fd_ < 0) {
         throw std::runtime_error(std::string("cannot create signal/timer descriptors: ") + std::strerror(errno));
     }
+    // Ten ticks a second: a segment held for an incomplete field goes on cut
+    // after its field wait (200 ms); the rest runs once a second.
     itimerspec tick{};
-    tick.it_interval.tv_sec = 1;
-    tick.it_value.tv_sec = 1;
+    tick.it_interval.tv_nsec = 100'000'000;
+    tick.it_value.tv_nsec = 100'000'000;
     timerfd_settime(timer_fd_, 0, &tick, nullptr);
 
     nfq::QueueConfig queue_config;
@@ -396,16 +400,18 @@ int Agent::run() {
         if ((fds[2].revents & POLLIN) != 0) {
             std::uint64_t expirations = 0;
             [[maybe_unused]] auto n = read(timer_fd_, &expirations, sizeof(expirations));
-            table_->expire();
             handler_->expire_held();
             queue_->flush_verdicts();
-            if (++ticks_ % 5 == 0) {
-                sd_notifyf(0, "STATUS=%zu calls, %zu control connections, %llu packets\n%s", table_->call_count(),
-                           table_->connection_count(),
-                           static_cast<unsigned long long>(counters_.get(nat::EventCounter::packets_seen)),
-                           watchdog_ ? "WATCHDOG=1" : "");
-            } else if (watchdog_) {
-                sd_notify(0, "WATCHDOG=1");
+            if (++ticks_ % 10 == 0) {  // once a second
+                table_->expire();
+                if (ticks_ % 50 == 0) {
+                    sd_notifyf(0, "STATUS=%zu calls, %zu control connections, %llu packets\n%s", table_->call_count(),
+                               table_->connection_count(),
+                               static_cast<unsigned long long>(counters_.get(nat::EventCounter::packets_seen)),
+                               watchdog_ ? "WATCHDOG=1" : "");
+                } else if (watchdog_) {
+                    sd_notify(0, "WATCHDOG=1");
+                }
             }
         }
         if ((fds[3].revents & POLLIN) != 0) {

@@ -1,5 +1,6 @@
 #include "daemon/options.hpp"
 
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <fstream>
 #include <sstream>
@@ -124,14 +125,19 @@ ParseResult parse(int argc, const char* const* argv) {
     std::string call_id_range = "1-65535";
     std::string call_id_allocation = "preserve";
     std::string log_level = "info";
-    unsigned int call_timeout = 600;
+    unsigned int call_timeout = 18000;
+    unsigned int unreplied_timeout = 600;
     unsigned int setup_timeout = 120;
     unsigned int control_timeout = 3600;
+    unsigned int control_setup_timeout = 30;
+    std::size_t max_calls_per_host = opt.table.max_calls_per_host;
+    std::size_t max_held = opt.handler.holds.segments_total;
+    std::size_t max_held_per_host = opt.handler.holds.segments_per_host;
     std::size_t max_calls = opt.table.max_calls;
     std::size_t max_calls_per_connection = opt.table.max_calls_per_connection;
     std::size_t max_connections = opt.table.max_connections;
     std::size_t max_connections_per_host = opt.table.max_connections_per_host;
-    std::string on_violation = "drop";
+    std::string on_violation = "reset";
     std::string user;
 
     // clang-format off
@@ -169,23 +175,39 @@ ParseResult parse(int argc, const char* const* argv) {
 
     po::options_description limits("Timeouts, limits and policy");
     limits.add_options()
-        ("call-timeout", po::value<unsigned int>(&call_timeout)->value_name("SECONDS")->default_value(600),
-         "seconds an established call may be idle (no GRE, no control) before it is removed; "
-         "the kernel helper uses 600")
+        ("call-timeout", po::value<unsigned int>(&call_timeout)->value_name("SECONDS")->default_value(18000),
+         "seconds an established call whose GRE went both ways may be idle before it is removed; the kernel "
+         "helper uses 5 hours (PPTP_GRE_STREAM_TIMEOUT)")
+        ("call-unreplied-timeout",
+         po::value<unsigned int>(&unreplied_timeout)->value_name("SECONDS")->default_value(600),
+         "seconds an established call that has not seen GRE both ways may be idle; the kernel helper uses 600")
         ("setup-timeout", po::value<unsigned int>(&setup_timeout)->value_name("SECONDS")->default_value(120),
          "seconds a call may wait for its reply")
         ("control-timeout", po::value<unsigned int>(&control_timeout)->value_name("SECONDS")->default_value(3600),
          "seconds a control connection may be idle (PPTP echoes every 60 s)")
+        ("control-setup-timeout",
+         po::value<unsigned int>(&control_setup_timeout)->value_name("SECONDS")->default_value(30),
+         "seconds after it opened by which a control connection must have completed its TCP handshake and "
+         "Start-Control-Connection exchange; else it is forgotten")
         ("max-calls", po::value<std::size_t>(&max_calls)->value_name("N")->default_value(max_calls),
          "live calls in total; a call beyond is refused")
         ("max-calls-per-connection",
          po::value<std::size_t>(&max_calls_per_connection)->value_name("N")->default_value(max_calls_per_connection),
          "live calls on one control connection; a call beyond is refused")
+        ("max-calls-per-host",
+         po::value<std::size_t>(&max_calls_per_host)->value_name("N")->default_value(max_calls_per_host),
+         "live calls of the control connections one host opened; a call beyond is refused")
         ("max-connections", po::value<std::size_t>(&max_connections)->value_name("N")->default_value(max_connections),
          "control connections tracked; more are refused (SYN dropped)")
         ("max-connections-per-host",
          po::value<std::size_t>(&max_connections_per_host)->value_name("N")->default_value(max_connections_per_host),
-         "control connections of one inside host; more are refused (SYN dropped)")
+         "control connections one host opened (an inside client, or an outside client of a server behind a "
+         "port forward); more are refused (SYN dropped)")
+        ("max-held-segments", po::value<std::size_t>(&max_held)->value_name("N")->default_value(max_held),
+         "control segments held back in all (they stay in the kernel queue; at most a quarter of --queue-maxlen)")
+        ("max-held-segments-per-host",
+         po::value<std::size_t>(&max_held_per_host)->value_name("N")->default_value(max_held_per_host),
+         "control segments held back of one sending host")
         ("call-id-range", po::value<std::string>(&call_id_range)->value_name("MIN-MAX")->default_value("1-65535"),
          "public Call IDs handed out; when all are taken for an outside peer, a new call is refused: its "
          "request is turned into a TCP reset, so the client fails at once")
@@ -194,9 +216,10 @@ ParseResult parse(int argc, const char* const* argv) {
          "how a call's public Call ID is chosen: preserve (the inside peer's own Call ID when it is free at "
          "that outside peer, else the next free one) or random (a random free one for every call, as "
          "MASQUERADE --random does for ports, so the outside cannot predict or count inside calls)")
-        ("on-violation", po::value<std::string>(&on_violation)->value_name("POLICY")->default_value("drop"),
-         "a control message that breaks RFC 2637: drop (the segment carrying it) or accept (pass it on "
-         "unchanged, never rewritten)")
+        ("on-violation", po::value<std::string>(&on_violation)->value_name("POLICY")->default_value("reset"),
+         "a well-framed control message out of state, from the wrong peer or of another version: reset (end "
+         "the control connection with an RST to each peer) or accept (pass it on, its Call IDs translated or "
+         "neutralised, its state ignored); a broken framing or a refused call always resets")
         ("queue-maxlen", po::value<std::uint32_t>(&opt.queue_max_length)->value_name("N")->default_value(4096),
          "packets the kernel may hold in the queue before it drops")
         ("burst", po::value<std::size_t>(&opt.burst)->value_name("N")->default_value(64),
@@ -278,22 +301,31 @@ ParseResult parse(int argc, const char* const* argv) {
     } else {
         throw UsageError("invalid --call-id-allocation '" + call_id_allocation + "': expected preserve or random");
     }
-    if (call_timeout == 0 || setup_timeout == 0 || control_timeout == 0) {
+    if (call_timeout == 0 || unreplied_timeout == 0 || setup_timeout == 0 || control_timeout == 0 ||
+        control_setup_timeout == 0) {
         throw UsageError("timeouts must be at least 1 second");
     }
     opt.table.call_idle_timeout = nat::Seconds(call_timeout);
+    opt.table.call_unreplied_timeout = nat::Seconds(unreplied_timeout);
+    opt.table.control_setup_timeout = nat::Seconds(control_setup_timeout);
+    opt.table.max_calls_per_host = max_calls_per_host;
+    // Held segments stay in the kernel queue: they must never fill it.
+    opt.handler.holds.segments_total = std::min<std::size_t>(max_held, opt.queue_max_length / 4);
+    opt.handler.holds.segments_per_host = max_held_per_host;
     opt.table.call_setup_timeout = nat::Seconds(setup_timeout);
     opt.table.control_idle_timeout = nat::Seconds(control_timeout);
     opt.table.max_calls = max_calls;
     opt.table.max_calls_per_connection = max_calls_per_connection;
     opt.table.max_connections = max_connections;
     opt.table.max_connections_per_host = max_connections_per_host;
-    if (on_violation == "drop") {
-        opt.handler.on_violation = nat::ViolationPolicy::Drop;
+    // "drop" was the old default; dropping a segment made its peers resend it
+    // for ever, so it now means reset.
+    if (on_violation == "reset" || on_violation == "drop") {
+        opt.handler.on_violation = nat::ViolationPolicy::Reset;
     } else if (on_violation == "accept") {
         opt.handler.on_violation = nat::ViolationPolicy::Accept;
     } else {
-        throw UsageError("invalid --on-violation '" + on_violation + "': expected drop or accept");
+        throw UsageError("invalid --on-violation '" + on_violation + "': expected reset or accept");
     }
     if (opt.burst == 0 || opt.burst > 1024) {
         throw UsageError("invalid --burst: expected 1-1024");

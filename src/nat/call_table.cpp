@@ -11,7 +11,7 @@ std::string_view state_name(ConnectionState s) noexcept {
         case ConnectionState::Established: return "established";
         case ConnectionState::Stopping: return "stopping";
         case ConnectionState::Closed: return "closed";
-        case ConnectionState::Refused: return "refused";
+        case ConnectionState::Reset: return "reset";
     }
     return "unknown";
 }
@@ -38,16 +38,10 @@ std::string_view teardown_reason_name(TeardownReason r) noexcept {
         case TeardownReason::Shutdown: return "shutdown";
         case TeardownReason::CallIdSpaceExhausted: return "call-id-space-exhausted";
         case TeardownReason::FixupDisabled: return "fixup-disabled";
+        case TeardownReason::ProtocolViolation: return "protocol-violation";
+        case TeardownReason::CallRefused: return "call-refused";
     }
     return "unknown";
-}
-
-void StreamCursor::remember_rewrite(std::uint32_t sequence, std::uint8_t original, std::uint8_t rewritten) noexcept {
-    rewritten_sequence[rewrite_log_next] = sequence;
-    rewritten_from[rewrite_log_next] = original;
-    rewritten_to[rewrite_log_next] = rewritten;
-    rewrite_log_next = static_cast<std::uint8_t>((rewrite_log_next + 1U) % kRewriteLogSize);
-    rewrite_log_used = static_cast<std::uint8_t>(std::min<std::size_t>(rewrite_log_used + 1U, kRewriteLogSize));
 }
 
 std::size_t CallTable::ConnectionKeyHash::operator()(const ConnectionKey& k) const noexcept {
@@ -79,14 +73,15 @@ ControlConnection* CallTable::find_connection(const ConnectionKey& key) noexcept
     return it == connections_.end() ? nullptr : &it->second;
 }
 
-ControlConnection* CallTable::create_connection(const ConnectionKey& key) {
+ControlConnection* CallTable::create_connection(const ConnectionKey& key, bool opened_from_outside) {
     if (auto* existing = find_connection(key)) {
         remove_connection(*existing, TeardownReason::ConnectionReplaced);
     }
-    std::uint32_t& per_host = connections_per_host_[key.inside_address];
+    const std::uint32_t initiator = opened_from_outside ? key.outside_address : key.inside_address;
+    std::uint32_t& per_host = connections_per_host_[initiator];
     if (connections_.size() >= config_.max_connections || per_host >= config_.max_connections_per_host) {
         if (per_host == 0) {
-            connections_per_host_.erase(key.inside_address);
+            connections_per_host_.erase(initiator);
         }
         return nullptr;
     }
@@ -95,6 +90,8 @@ ControlConnection* CallTable::create_connection(const ConnectionKey& key) {
     ControlConnection* raw = &connections_.try_emplace(key).first->second;
     raw->id = next_connection_serial_++;
     raw->key = key;
+    raw->initiator_address = initiator;
+    raw->opened_from_outside = opened_from_outside;
     raw->created = raw->last_activity = clock_.now();
     counters_.add(EventCounter::connections_built);
     return raw;
@@ -104,7 +101,7 @@ void CallTable::close_connection(ControlConnection& conn, TeardownReason reason)
     while (!conn.calls.empty()) {
         remove_call(*conn.calls.back(), reason);
     }
-    if (conn.state != ConnectionState::Closed && conn.state != ConnectionState::Refused) {
+    if (conn.state != ConnectionState::Closed && conn.state != ConnectionState::Reset) {
         conn.state = ConnectionState::Closed;
         conn.last_activity = clock_.now();
     }
@@ -114,7 +111,7 @@ void CallTable::remove_connection(ControlConnection& conn, TeardownReason reason
     close_connection(conn, reason);
     counters_.add(EventCounter::connections_torn_down);
     const ConnectionKey key = conn.key;  // conn dies inside erase
-    auto host = connections_per_host_.find(key.inside_address);
+    auto host = connections_per_host_.find(conn.initiator_address);
     if (host != connections_per_host_.end() && --host->second == 0) {
         connections_per_host_.erase(host);
     }
@@ -152,6 +149,11 @@ CallResult CallTable::new_call(ControlConnection& conn) {
     if (calls_.size() >= config_.max_calls || conn.calls.size() >= config_.max_calls_per_connection) {
         return {nullptr, CallError::CallLimit};
     }
+    std::uint32_t& of_host = calls_per_host_[conn.initiator_address];
+    if (of_host >= config_.max_calls_per_host) {
+        return {nullptr, CallError::HostCallLimit};
+    }
+    ++of_host;
     // The call lives in its map node: one allocation per call, and its
     // address stays put while the map grows.
     const std::uint64_t id = next_call_serial_++;
@@ -244,19 +246,32 @@ CallError CallTable::assign_inside_id(Call& call, std::uint16_t inside_id) {
     call.inside_call_id = inside_id;
     call.inside_known = true;
     if (call.outside_known) {
-        by_outbound_[OutboundKey{call.inside_address, call.outside_address, call.outside_call_id}] = &call;
+        link_outbound(call);
     }
     return CallError::None;
 }
 
+void CallTable::link_outbound(Call& call) {
+    // First come keeps it: a reply that repeats another call's Call ID (a
+    // refusal with Call ID 0, a confused peer) must not take that call's GRE.
+    by_outbound_.try_emplace(OutboundKey{call.inside_address, call.outside_address, call.outside_call_id}, &call);
+}
+
+void CallTable::unlink_outbound(Call& call) {
+    auto it = by_outbound_.find(OutboundKey{call.inside_address, call.outside_address, call.outside_call_id});
+    if (it != by_outbound_.end() && it->second == &call) {
+        by_outbound_.erase(it);
+    }
+}
+
 void CallTable::set_outside_id(Call& call, std::uint16_t outside_id) {
-    if (call.outside_known) {
-        by_outbound_.erase(OutboundKey{call.inside_address, call.outside_address, call.outside_call_id});
+    if (call.outside_known && call.inside_known) {
+        unlink_outbound(call);
     }
     call.outside_call_id = outside_id;
     call.outside_known = true;
     if (call.inside_known) {
-        by_outbound_[OutboundKey{call.inside_address, call.outside_address, outside_id}] = &call;
+        link_outbound(call);
     }
 }
 
@@ -281,10 +296,11 @@ void CallTable::unlink_call(Call& call) {
         }
     }
     if (call.inside_known && call.outside_known) {
-        auto it = by_outbound_.find(OutboundKey{call.inside_address, call.outside_address, call.outside_call_id});
-        if (it != by_outbound_.end() && it->second == &call) {
-            by_outbound_.erase(it);
-        }
+        unlink_outbound(call);
+    }
+    if (auto host = calls_per_host_.find(call.connection->initiator_address);
+        host != calls_per_host_.end() && --host->second == 0) {
+        calls_per_host_.erase(host);
     }
     auto& list = call.connection->calls;
     list.erase(std::remove(list.begin(), list.end(), &call), list.end());
@@ -305,10 +321,11 @@ void CallTable::remove_call(Call& call, TeardownReason reason) {
     // messages about them (a half-closed connection, a stop in progress).
     const bool peers_may_still_talk = reason == TeardownReason::IdleTimeout || reason == TeardownReason::Cleared ||
                                       reason == TeardownReason::TcpFin ||
-                                      reason == TeardownReason::StopControlConnection;
+                                      reason == TeardownReason::StopControlConnection ||
+                                      reason == TeardownReason::CallRejected;
     if (peers_may_still_talk && call.inside_known) {
         auto& ended = call.connection->ended_calls;
-        if (ended.size() >= ControlConnection::kEndedCallsKept) {
+        if (ended.size() >= std::max(ControlConnection::kEndedCallsKept, config_.max_calls_per_connection)) {
             ended.erase(ended.begin());
         }
         ended.push_back({call.inside_call_id, call.public_call_id, call.outside_call_id, call.outside_known});
@@ -345,9 +362,13 @@ std::size_t CallTable::expire() {
     std::size_t expired = 0;
     std::vector<Call*> stale_calls;
     for (auto& [id, call] : calls_) {
-        const Seconds limit = call.state == CallState::Established ? config_.call_idle_timeout
-                              : call.state == CallState::Clearing  ? config_.closing_linger
-                                                                   : config_.call_setup_timeout;
+        Seconds limit = config_.call_setup_timeout;
+        if (call.state == CallState::Established) {
+            const bool both_ways = call.packets_in > 0 && call.packets_out > 0;
+            limit = both_ways ? config_.call_idle_timeout : config_.call_unreplied_timeout;
+        } else if (call.state == CallState::Clearing) {
+            limit = config_.closing_linger;
+        }
         if (now - call.last_activity >= limit) {
             stale_calls.push_back(&call);
         }
@@ -358,9 +379,11 @@ std::size_t CallTable::expire() {
     }
     std::vector<ControlConnection*> stale_connections;
     for (auto& [key, conn] : connections_) {
-        const bool closed = conn.state == ConnectionState::Closed || conn.state == ConnectionState::Refused;
-        const Seconds limit = closed ? config_.closing_linger : config_.control_idle_timeout;
-        if (now - conn.last_activity >= limit) {
+        const bool closed = conn.state == ConnectionState::Closed || conn.state == ConnectionState::Reset;
+        const bool opening = conn.state == ConnectionState::TcpOnly || conn.state == ConnectionState::WaitStartReply;
+        if (closed    ? now - conn.last_activity >= config_.closing_linger
+            : opening ? now - conn.created >= config_.control_setup_timeout
+                      : now - conn.last_activity >= config_.control_idle_timeout) {
             stale_connections.push_back(&conn);
         }
     }

@@ -15,6 +15,7 @@
 
 #include "nat/clock.hpp"
 #include "nat/counters.hpp"
+#include "stream/tcp_follower.hpp"
 
 namespace nat {
 
@@ -35,16 +36,27 @@ struct TableConfig {
     // peers treat Call ID 0 as "none".
     std::uint16_t call_id_min = 1;
     std::uint16_t call_id_max = 65535;
-    // Idle timeouts. 600 s for established calls matches the kernel helper's
-    // PPTP_GRE_TIMEOUT; setup and closing states are short-lived.
-    Seconds call_idle_timeout{600};
+    // Idle timeouts, as the kernel's PPTP helper has them for GRE: an
+    // established call whose GRE went both ways lasts 5 hours idle
+    // (PPTP_GRE_STREAM_TIMEOUT), one that never saw GRE both ways 10 minutes
+    // (PPTP_GRE_TIMEOUT); setup and closing states are short-lived.
+    Seconds call_idle_timeout{18000};
+    Seconds call_unreplied_timeout{600};
     Seconds call_setup_timeout{120};
     Seconds control_idle_timeout{3600};
+    // A control connection that has not completed its TCP handshake and
+    // Start-Control-Connection exchange this long after it opened is forgotten.
+    Seconds control_setup_timeout{30};
     Seconds closing_linger{10};
     std::size_t max_calls = 65536;
     std::size_t max_calls_per_connection = 256;
+    // Per host that opened the control connections (the PNS side): one host
+    // cannot take the whole call budget or an outside peer's Call ID space.
+    std::size_t max_calls_per_host = 1024;
     std::size_t max_connections = 16384;
-    std::size_t max_connections_per_host = 64;  // per inside address
+    // Per host that opened them: an inside client, or an outside client of
+    // a server behind a port forward.
+    std::size_t max_connections_per_host = 64;
 };
 
 // TCP control connection, keyed as seen in the FORWARD path: the inside
@@ -63,7 +75,7 @@ enum class ConnectionState : std::uint8_t {
     Established,     // Start-Control-Connection-Reply with result 1
     Stopping,        // Stop-Control-Connection-Request seen
     Closed,          // stopped or TCP closed; lingers for retransmissions
-    Refused,         // a call was refused and the receiver reset; passed through until it goes
+    Reset,           // the agent ended it (a violation, a refused call): RSTs to both peers, no byte passes
 };
 
 enum class CallState : std::uint8_t {
@@ -84,37 +96,27 @@ enum class TeardownReason : std::uint8_t {
     Shutdown,
     CallIdSpaceExhausted,
     FixupDisabled,
+    ProtocolViolation,
+    CallRefused,
 };
 
 [[nodiscard]] std::string_view state_name(ConnectionState s) noexcept;
 [[nodiscard]] std::string_view state_name(CallState s) noexcept;
 [[nodiscard]] std::string_view teardown_reason_name(TeardownReason r) noexcept;
 
-// One direction of a TCP control connection as a byte stream: where the next
-// expected byte is and how far into the current message it falls.
-struct StreamCursor {
+// Where one direction of a control connection stands in PPTP's message
+// framing; the TCP side of it is the follower's (stream::DirectionState).
+struct MessageCursor {
     static constexpr std::size_t kPrefixSize = 20;  // header, Call IDs, result code
-    // Bytes of the last 8 Call ID fields rewritten: more than a TCP window
-    // of control messages ever holds.
-    static constexpr std::size_t kRewriteLogSize = 16;
-
-    bool synchronized = false;
-    std::uint32_t next_sequence = 0;
-    std::uint16_t message_offset = 0;  // bytes of the current message consumed
-    std::uint16_t message_length = 0;  // 0 while the header is incomplete
+    std::uint16_t message_offset = 0;               // bytes of the current message taken
+    std::uint16_t message_length = 0;               // 0 while the header is incomplete
     std::array<std::uint8_t, kPrefixSize> prefix{};
-    // The current message broke the protocol and is passed on untouched
-    // (violation policy "accept"): no rewrite, no state change.
+    // The current message broke the protocol and passes on by policy
+    // ("accept"): its Call IDs are translated, its state ignored.
     bool message_ignored = false;
-    // Bytes rewritten recently, so a retransmission gets the same rewrite;
-    // kept as parallel arrays, as it is in every connection.
-    std::array<std::uint32_t, kRewriteLogSize> rewritten_sequence{};
-    std::array<std::uint8_t, kRewriteLogSize> rewritten_from{};
-    std::array<std::uint8_t, kRewriteLogSize> rewritten_to{};
-    std::uint8_t rewrite_log_next = 0;
-    std::uint8_t rewrite_log_used = 0;
-
-    void remember_rewrite(std::uint32_t sequence, std::uint8_t original, std::uint8_t rewritten) noexcept;
+    // The call the current message is about (its serial), once its Call ID
+    // fields are decided; looked up again when the message completes.
+    std::uint64_t message_call = 0;
 };
 
 struct Call;
@@ -125,7 +127,14 @@ struct ControlConnection {
     ConnectionState state = ConnectionState::TcpOnly;
     Instant created{};
     Instant last_activity{};
-    std::array<StreamCursor, 2> streams{};  // indexed by Direction
+    // The host that opened it (the PNS side, normally): limits are its.
+    std::uint32_t initiator_address = 0;
+    bool opened_from_outside = false;
+    stream::Flow tcp;                        // sides indexed by Direction
+    std::array<MessageCursor, 2> framing{};  // indexed by Direction
+    // State Reset: whether each side (by Direction of the segments it
+    // receives) has been sent its RST.
+    std::array<bool, 2> reset_sent{};
     std::vector<Call*> calls;
     std::uint64_t messages = 0;
     // Which side (a Direction value: 0 = inside sends, 1 = outside sends)
@@ -134,10 +143,10 @@ struct ControlConnection {
     std::int8_t start_requester = -1;
     std::int8_t pns_side = -1;
     std::uint64_t violations = 0;
-    // Calls the agent ended on its own (cleared, idle) while the peers may
-    // still talk about them: their IDs keep being translated in control
-    // messages (no GRE), so a late Call-Clear-Request does not stall the
-    // connection. The last few only.
+    // Calls that ended while the peers may still talk about them (cleared,
+    // idle, refused): their IDs keep being translated in control messages
+    // (no GRE), so a late Call-Clear-Request or Call-Disconnect-Notify does
+    // not lose its meaning. As many as the connection may hold calls.
     struct EndedCall {
         std::uint16_t inside_call_id = 0;
         std::uint16_t public_call_id = 0;
@@ -179,7 +188,7 @@ public:
     virtual void call_torn_down(const Call& call, TeardownReason reason) = 0;
 };
 
-enum class CallError : std::uint8_t { None, CallLimit, CallIdSpaceExhausted };
+enum class CallError : std::uint8_t { None, CallLimit, HostCallLimit, CallIdSpaceExhausted };
 
 struct CallResult {
     Call* call = nullptr;
@@ -203,7 +212,8 @@ public:
 
     [[nodiscard]] ControlConnection* find_connection(const ConnectionKey& key) noexcept;
     // nullptr when max_connections or max_connections_per_host is reached.
-    ControlConnection* create_connection(const ConnectionKey& key);
+    // `opened_from_outside`: the outside peer opened it (a port forward).
+    ControlConnection* create_connection(const ConnectionKey& key, bool opened_from_outside = false);
     // Ends every call of the connection; the connection lingers as Closed.
     void close_connection(ControlConnection& conn, TeardownReason reason);
     void remove_connection(ControlConnection& conn, TeardownReason reason);
@@ -264,6 +274,8 @@ private:
     CallResult new_call(ControlConnection& conn);
     CallError allocate_public_id(Call& call, std::uint16_t preferred);
     void unlink_call(Call& call);
+    void link_outbound(Call& call);
+    void unlink_outbound(Call& call);
 
     TableConfig config_;
     const Clock& clock_;
@@ -277,8 +289,9 @@ private:
     std::unordered_map<OutboundKey, Call*, OutboundKeyHash> by_outbound_;
     // Public IDs in use per outside peer, to refuse at once when the space is full.
     std::unordered_map<std::uint32_t, std::uint32_t> ids_in_use_;
-    // Control connections per inside address, for max_connections_per_host.
+    // Control connections and calls per opening host, for the per-host limits.
     std::unordered_map<std::uint32_t, std::uint32_t> connections_per_host_;
+    std::unordered_map<std::uint32_t, std::uint32_t> calls_per_host_;
     std::uint32_t allocation_cursor_ = 0;
     std::mt19937_64 random_;
 };

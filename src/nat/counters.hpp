@@ -20,7 +20,13 @@ namespace nat {
     X(control_segments_held)           \
     X(control_segments_released)       \
     X(control_connections_refused)     \
+    X(control_connections_reset)       \
     X(control_messages_of_ended_calls) \
+    X(control_call_ids_neutralised)    \
+    X(control_segments_cut)            \
+    X(tcp_resets_ignored)              \
+    X(tcp_fins_ignored)                \
+    X(tcp_syns_ignored)                \
     X(gre_inbound)                     \
     X(gre_outbound)                    \
     X(transit_packets)                 \
@@ -35,6 +41,10 @@ namespace nat {
     X(malformed_ipv4)               \
     X(ip_fragment)                  \
     X(malformed_tcp)                \
+    X(control_bad_tcp_checksum)     \
+    X(control_inconsistent_resend)  \
+    X(control_resend_beyond_log)    \
+    X(control_unframed_stream)      \
     X(control_bad_length)           \
     X(control_not_control_message)  \
     X(control_bad_magic_cookie)     \
@@ -48,6 +58,7 @@ namespace nat {
     X(control_unknown_call_id)      \
     X(control_connection_limit)     \
     X(call_limit)                   \
+    X(call_limit_per_host)          \
     X(call_id_space_exhausted)      \
     X(gre_truncated)                \
     X(gre_not_version_1)            \

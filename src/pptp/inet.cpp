@@ -48,6 +48,7 @@ std::optional<TcpHeader> parse_tcp(std::span<const std::uint8_t> segment) noexce
     h.source_port = load_be16(p);
     h.destination_port = load_be16(p + 2);
     h.sequence = load_be32(p + 4);
+    h.acknowledgement = load_be32(p + 8);
     h.header_length = static_cast<std::size_t>(p[12] >> 4U) * 4U;
     if (h.header_length < 20 || h.header_length > segment.size()) {
         return std::nullopt;
@@ -100,6 +101,17 @@ std::uint16_t tcp_checksum_ipv4(std::uint32_t source, std::uint32_t destination,
         sum += ones_complement_sum(segment.subspan(kTcpChecksumOffset + 2));
     }
     return static_cast<std::uint16_t>(~fold(sum));
+}
+
+bool tcp_checksum_valid_ipv4(std::uint32_t source, std::uint32_t destination,
+                             std::span<const std::uint8_t> segment) noexcept {
+    if (segment.size() < 20) {
+        return false;
+    }
+    std::uint32_t sum = (source >> 16U) + (source & 0xFFFFU) + (destination >> 16U) + (destination & 0xFFFFU) +
+                        kIpProtoTcp + static_cast<std::uint32_t>(segment.size());
+    sum = fold(sum) + ones_complement_sum(segment);
+    return fold(sum) == 0xFFFFU;
 }
 
 void adjust_checksum(std::uint8_t* checksum_field, std::span<const std::uint8_t> old_words,

@@ -35,6 +35,7 @@ struct TcpHeader {
     std::uint16_t source_port = 0;
     std::uint16_t destination_port = 0;
     std::uint32_t sequence = 0;
+    std::uint32_t acknowledgement = 0;  // meaningful when `ack`
     std::size_t header_length = 0;
     bool syn = false;
     bool fin = false;
@@ -55,6 +56,10 @@ inline constexpr std::size_t kIpv4DestinationOffset = 16;
                                                 std::uint32_t initial = 0) noexcept;
 // Full IPv4 header checksum as it belongs in the header (checksum field taken as zero).
 [[nodiscard]] std::uint16_t ipv4_header_checksum(std::span<const std::uint8_t> header) noexcept;
+// True when the TCP checksum of `segment` (header and payload) is right for
+// these addresses: what the receiver's stack checks before it takes a byte.
+[[nodiscard]] bool tcp_checksum_valid_ipv4(std::uint32_t source, std::uint32_t destination,
+                                           std::span<const std::uint8_t> segment) noexcept;
 // Full TCP checksum with the IPv4 pseudo header (checksum field taken as zero).
 [[nodiscard]] std::uint16_t tcp_checksum_ipv4(std::uint32_t source, std::uint32_t destination,
                                               std::span<const std::uint8_t> segment) noexcept;

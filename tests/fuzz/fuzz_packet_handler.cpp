@@ -31,7 +31,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     tc.call_id_max = static_cast<std::uint16_t>(in.ConsumeIntegralInRange<int>(tc.call_id_min, 65535));
     tc.max_calls = in.ConsumeIntegralInRange<std::size_t>(1, 64);
     nat::HandlerConfig hc;
-    hc.on_violation = in.ConsumeBool() ? nat::ViolationPolicy::Drop : nat::ViolationPolicy::Accept;
+    hc.on_violation = in.ConsumeBool() ? nat::ViolationPolicy::Reset : nat::ViolationPolicy::Accept;
     Rig rig(tc, hc);
     Flow flows[4] = {{kClients[0], kServers[0], 40000, {1000, 5000}},
                      {kClients[1], kServers[0], 40000, {2000, 6000}},

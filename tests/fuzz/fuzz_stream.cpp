@@ -2,9 +2,10 @@
 // stream of each direction of one control connection and a list of cuts
 // (segments, in any order, overlapping, repeated); every segment goes
 // through the packet handler. Checked: forwarded segments keep their length
-// and valid checksums; bytes change only inside Call ID fields of messages
-// framed from the original stream; a stream position is always rewritten the
-// same way; held segments stay bounded.
+// (or are cut short, or become bare RSTs/ACKs) and valid checksums; bytes
+// change only inside Call ID fields of messages framed from the original
+// stream; a stream position always leaves the same way; no Call ID field of
+// a mapped call leaves unrewritten; held segments stay bounded.
 #include <fuzzer/FuzzedDataProvider.h>
 
 #include <map>
@@ -39,12 +40,41 @@ std::vector<bool> call_id_positions(const Bytes& stream) {
     return allowed;
 }
 
+struct Field {
+    std::size_t position;  // stream offset of its first byte
+    bool own;              // the sender's Call ID (else the receiver's)
+};
+
+// Call ID fields of the messages framed from the stream's start.
+std::vector<Field> call_id_fields(const Bytes& stream) {
+    std::vector<Field> fields;
+    std::size_t at = 0;
+    while (at + pptp::kHeaderSize <= stream.size()) {
+        const auto check = pptp::check_header(std::span<const std::uint8_t>(stream).subspan(at, pptp::kHeaderSize));
+        if (check.error != pptp::HeaderError::None) {
+            break;
+        }
+        if (check.header.spec.own_call_id_offset != 0) {
+            fields.push_back(Field{at + check.header.spec.own_call_id_offset, true});
+        }
+        if (check.header.spec.peer_call_id_offset != 0) {
+            fields.push_back(Field{at + check.header.spec.peer_call_id_offset, false});
+        }
+        at += check.header.length;
+    }
+    return fields;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     FuzzedDataProvider in(data, size);
     nat::TableConfig tc;
     tc.call_id_min = in.ConsumeBool() ? 1 : 65530;  // sometimes a tiny ID space
+    // Random public Call IDs, so that public and inside IDs differ and a
+    // field that leaves unrewritten shows.
+    tc.call_id_allocation = nat::CallIdAllocation::Random;
+    tc.random_seed = 1;
     Rig rig(tc);
     const std::uint32_t client = kClients[0];
     const std::uint32_t server = kServers[0];
@@ -54,6 +84,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     streams[1] = in.ConsumeBytes<std::uint8_t>(in.ConsumeIntegralInRange<std::size_t>(0, 600));
     const std::uint32_t isn[2] = {in.ConsumeIntegral<std::uint32_t>(), in.ConsumeIntegral<std::uint32_t>()};
     const std::vector<bool> allowed[2] = {call_id_positions(streams[0]), call_id_positions(streams[1])};
+    const std::vector<Field> fields[2] = {call_id_fields(streams[0]), call_id_fields(streams[1])};
+    const nat::ConnectionKey key{client, server, port, 1723};
     std::map<std::uint32_t, std::uint8_t> seen[2];  // stream offset -> byte sent
 
     // Handshake, so both directions are synchronized at isn + 1.
@@ -80,11 +112,37 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             if (payload[i] != streams[dir][pos] && !allowed[dir][pos]) {
                 fail("byte changed outside a Call ID field");
             }
-            // Consistency holds while the rewrite log has not wrapped.
-            if (rig.counters.get(nat::EventCounter::control_call_ids_rewritten) <= 8) {
-                auto [it, inserted] = seen[dir].emplace(static_cast<std::uint32_t>(pos), payload[i]);
-                if (!inserted && it->second != payload[i]) {
-                    fail("the same stream byte was sent two different ways");
+            // Resends beyond the field log are dropped, so this always holds.
+            auto [it, inserted] = seen[dir].emplace(static_cast<std::uint32_t>(pos), payload[i]);
+            if (!inserted && it->second != payload[i]) {
+                fail("the same stream byte was sent two different ways");
+            }
+        }
+        // A field that left as it came must not be the untranslated side of
+        // a live call's mapping: an inside Call ID going out whose public one
+        // differs, or a public one coming in whose inside one differs.
+        const nat::ControlConnection* conn = rig.table->find_connection(key);
+        if (conn == nullptr || conn->state == nat::ConnectionState::Reset) {
+            return;
+        }
+        for (const Field& f : fields[dir]) {
+            if (f.position < offset || f.position + 2 > offset + payload.size()) {
+                continue;
+            }
+            const std::uint16_t sent = pptp::load_be16(payload.data() + (f.position - offset));
+            if (sent != pptp::load_be16(streams[dir].data() + f.position)) {
+                continue;
+            }
+            const bool inside_side = (dir == 0) == f.own;  // the value is in the inside peer's ID space
+            for (const nat::Call* call : conn->calls) {
+                if (!inside_side || !call->inside_known || call->inside_call_id == call->public_call_id) {
+                    continue;
+                }
+                if (dir == 0 && sent == call->inside_call_id) {
+                    fail("an inside Call ID of a mapped call left unrewritten");
+                }
+                if (dir == 1 && sent == call->public_call_id) {
+                    fail("a public Call ID of a mapped call reached the inside unrewritten");
                 }
             }
         }
@@ -137,12 +195,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             check_output(dir, start, packet);
         } else if (v.accept) {
             packet.resize(v.length);
-            check_leaving(packet);  // a refusal: a bare RST
-            if ((packet[20 + 13] & 0x04) == 0) {
-                fail("a shortened segment that is not a RST");
+            check_leaving(packet);  // a reset connection: a bare RST, or a bare ACK that draws one
+            if (!testpkt::tcp_payload(packet).empty() || (packet[20 + 13] & 0x14) == 0) {
+                fail("a shortened segment that is not a bare RST or ACK");
             }
         }
-        if (rig.handler->held_segments() > rig.handler->config().max_held_total) {
+        if (rig.handler->held_segments() > rig.handler->config().holds.segments_total) {
             fail("held segments unbounded");
         }
         if (in_flight.size() != rig.handler->held_segments()) {

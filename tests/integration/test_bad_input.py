@@ -19,11 +19,14 @@ pptp-fixupd.  Then:
    in a raw Ethernet frame (no route leads there);
 4. a flood of junk GRE from inside (client 2) to the server.
 
-Every malformed control message must be dropped (its bytes never reach the
-receiver: checked in captures; nothing but the prelude's reply comes back),
-counted under its reason and logged (%PPTP-4-400002 names the connection).
-The fake PAC keeps its connections open; pptpd may close a connection whose
-first data never came (see test_1).  Every queued junk GRE packet must be
+No malformed control message reaches its receiver as it was sent (checked
+in captures): one that breaks the framing or the protocol's states ends its
+control connection with an RST to each peer, so the sender sees its
+connection reset within a second and pptpd keeps no half-open connection;
+one naming a Call ID of no call of its connection passes with that Call ID
+set to 0 and the connection goes on.  Each is counted under its reason and
+logged (%PPTP-4-400002 names the connection).  After the junk, a real client
+from the same inside host works.  Every queued junk GRE packet must be
 counted under its reason (exactly, unless the kernel queue dropped some);
 the kinds no queue rule takes (non-PPTP GRE, 2-byte GRE) and lone fragments
 (held by conntrack's defragmentation) never reach the agent.  Afterwards the
@@ -203,17 +206,24 @@ class BadInput(unittest.TestCase):
             r = results[case]
             reason = junk.expected_reason(case, side)
             with self.subTest(side=side, case=case):
-                self.assertIsNone(r["error"], r)
                 prelude = junk.CONTROL_CASES[case][0]
-                # Nothing but the prelude's SCCRP came back, the peer did
-                # not close: the bad message never reached it.
-                self.assertEqual(r["rx_bytes"], SCCRP_LEN if prelude in (
-                    "started", "call") else 0, r)
-                if not peer_may_close:
-                    self.assertFalse(r["peer_closed"], r)
-                elif r["peer_closed"]:
-                    log("%s: pptpd closed the connection (no data came)"
-                        % case)
+                if junk.expected_outcome(case, side) == "reset":
+                    # The connection ended for the client at once, whoever
+                    # sent the bad bytes: an RST from the agent, or from
+                    # pptpd's stack when the resend found it reset.
+                    self.assertTrue(r["error"] and "ConnectionReset" in r["error"], r)
+                else:
+                    self.assertIsNone(r["error"], r)
+                    if not peer_may_close:
+                        self.assertFalse(r["peer_closed"], r)
+                    elif r["peer_closed"]:
+                        log("%s: pptpd closed the connection" % case)
+                # Nothing but the prelude's SCCRP came back (and, from the
+                # fake PAC, the neutralised message: test 5 checks its bytes).
+                passed = len(junk.CONTROL_CASES[case][1][side][0]) if side == "pac" and \
+                    junk.expected_outcome(case, side) == "neutralised" else 0
+                self.assertEqual(r["rx_bytes"], passed + (SCCRP_LEN if prelude in (
+                    "started", "call") else 0), r)
                 pattern = r"%%PPTP-4-400002: PPTP control connection %s:%d - %s:1723: %s \(" % (
                     re.escape(CLIENT2), r["local_port"], re.escape(server),
                     reason)
@@ -275,6 +285,16 @@ class BadInput(unittest.TestCase):
         # a FIN from pptpd says nothing here; the capture does (test 5).
         self.run_control_cases("pns", SERVER, parallel=3,
                                peer_may_close=True)
+        lab = self.lab
+        # pptpd keeps no half-open connection of the junk: only client 1's
+        # real one stays established (within the agent's reset and TCP's).
+        def server_connections():
+            out = lab.server_exec(["ss", "-tnH", "state", "established",
+                                   "sport", "=", ":1723"]).stdout
+            return [line for line in out.splitlines() if line.strip()]
+        self.assertTrue(wait_until(lambda: len(server_connections()) == 1, 5),
+                        server_connections())
+        self.assertGreater(lab.agent.stats()["counters"]["control_connections_reset"], 0)
 
     def test_2_control_junk_from_outside(self):
         self.run_control_cases("pac", FAKE_PAC, parallel=0,
@@ -372,6 +392,17 @@ class BadInput(unittest.TestCase):
                 with self.subTest(side=side, case=case):
                     self.assertFalse(any(bad in data for data in received))
         log("agent log (tail):\n" + lab.agent.output()[-2500:])
+
+    def test_6_a_real_client_from_the_junk_host_works(self):
+        lab = self.lab
+        second = RealClient(lab, 2)
+        second.start()
+        try:
+            self.assertTrue(second.wait_server_frame(8), "a real client after the junk got no frame")
+            self.assertEqual(second.exchange(3), 3)
+        finally:
+            result = second.stop()
+        log("real client from the junk host after the junk:", result)
 
 
 def stop_capture(lab, proc):

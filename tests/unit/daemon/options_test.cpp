@@ -21,9 +21,17 @@ TEST(Options, Defaults) {
     ASSERT_TRUE(r.options);
     EXPECT_EQ(r.options->queue, 3);
     EXPECT_EQ(r.options->fixup_ports, std::vector<std::uint16_t>{1723});
-    EXPECT_EQ(r.options->table.call_idle_timeout, std::chrono::seconds(600));
+    // The kernel helper's GRE timeouts: 5 hours both ways, 10 minutes unreplied.
+    EXPECT_EQ(r.options->table.call_idle_timeout, std::chrono::seconds(18000));
+    EXPECT_EQ(r.options->table.call_unreplied_timeout, std::chrono::seconds(600));
+    EXPECT_EQ(r.options->table.control_setup_timeout, std::chrono::seconds(30));
+    EXPECT_EQ(r.options->table.max_calls_per_host, 1024u);
+    // Held segments stay well below the kernel queue's length, with a share per host.
+    EXPECT_EQ(r.options->handler.holds.segments_total, 512u);
+    EXPECT_LE(r.options->handler.holds.segments_total, r.options->queue_max_length / 4);
+    EXPECT_EQ(r.options->handler.holds.segments_per_host, 64u);
     EXPECT_EQ(r.options->control_socket, "/run/pptp-fixup/pptp-fixupd.sock");
-    EXPECT_EQ(r.options->handler.on_violation, nat::ViolationPolicy::Drop);
+    EXPECT_EQ(r.options->handler.on_violation, nat::ViolationPolicy::Reset);
     EXPECT_FALSE(r.options->public_address);
 }
 
@@ -43,6 +51,13 @@ TEST(Options, CallIdAllocationIsPreserveUnlessRandomIsAsked) {
     EXPECT_EQ(run({"-q", "1", "-o", "eth1", "--call-id-allocation", "random"}).options->table.call_id_allocation,
               nat::CallIdAllocation::Random);
     EXPECT_THROW(run({"-q", "1", "-o", "eth1", "--call-id-allocation", "sequential"}), UsageError);
+}
+
+TEST(Options, HeldSegmentsNeverExceedAQuarterOfTheQueue) {
+    const auto r = run({"-q", "1", "-o", "eth1", "--queue-maxlen", "400", "--max-held-segments", "4000"});
+    EXPECT_EQ(r.options->handler.holds.segments_total, 100u);
+    EXPECT_EQ(run({"-q", "1", "-o", "eth1", "--on-violation", "drop"}).options->handler.on_violation,
+              nat::ViolationPolicy::Reset);
 }
 
 TEST(Options, HelpAndVersionPrintAndStop) {

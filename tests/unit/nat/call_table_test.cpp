@@ -205,10 +205,11 @@ TEST_F(CallTableTest, OutsideInitiatedCallGetsPublicIdWhenInsideAnswers) {
 
 TEST_F(CallTableTest, ExpiresIdleCallsByState) {
     TableConfig config;
-    config.call_idle_timeout = Seconds(600);
+    config.call_unreplied_timeout = Seconds(600);
     config.call_setup_timeout = Seconds(120);
     CallTable table = make(config);
     auto* conn = table.create_connection(key(kClient1, kServerA));
+    conn->state = ConnectionState::Established;
     auto* established = table.create_call_from_inside(*conn, 1).call;
     table.set_outside_id(*established, 10);
     table.mark_established(*established);
@@ -228,6 +229,89 @@ TEST_F(CallTableTest, ExpiresIdleCallsByState) {
     EXPECT_EQ(observer.last_reason, TeardownReason::IdleTimeout);
     EXPECT_EQ(counters.get(EventCounter::calls_expired), 2u);
     EXPECT_EQ(table.find_inbound(kServerA, 1), nullptr);
+}
+
+TEST_F(CallTableTest, CallsWithGreBothWaysLastHoursOthersMinutes) {
+    CallTable table = make();  // the defaults: the kernel helper's 5 hours and 10 minutes
+    auto* conn = table.create_connection(key(kClient1, kServerA));
+    conn->state = ConnectionState::Established;
+    auto establish = [&](std::uint16_t id) {
+        Call* call = table.create_call_from_inside(*conn, id).call;
+        table.set_outside_id(*call, static_cast<std::uint16_t>(id + 100));
+        table.mark_established(*call);
+        return call;
+    };
+    Call* both = establish(1);
+    both->packets_in = 3;
+    both->packets_out = 3;
+    Call* one_way = establish(2);
+    one_way->packets_out = 3;
+    clock.advance(std::chrono::seconds(600));
+    conn->last_activity = clock.now();
+    EXPECT_EQ(table.expire(), 1u);
+    EXPECT_EQ(table.find_call(both->id), both);
+    clock.advance(std::chrono::seconds(18000 - 601));
+    conn->last_activity = clock.now();
+    EXPECT_EQ(table.expire(), 0u);
+    clock.advance(std::chrono::seconds(1));
+    conn->last_activity = clock.now();
+    EXPECT_EQ(table.expire(), 1u);
+    EXPECT_EQ(table.call_count(), 0u);
+}
+
+TEST_F(CallTableTest, ConnectionsThatNeverStartAreForgottenSoon) {
+    CallTable table = make();
+    auto* silent = table.create_connection(key(kClient1, kServerA, 40000));
+    auto* started = table.create_connection(key(kClient1, kServerA, 40001));
+    started->state = ConnectionState::Established;
+    clock.advance(std::chrono::seconds(29));
+    silent->last_activity = clock.now();  // activity does not extend the opening
+    table.expire();
+    EXPECT_EQ(table.connection_count(), 2u);
+    clock.advance(std::chrono::seconds(1));
+    table.expire();
+    EXPECT_EQ(table.connection_count(), 1u);
+    EXPECT_NE(table.find_connection(key(kClient1, kServerA, 40001)), nullptr);
+}
+
+TEST_F(CallTableTest, LimitsPerHostCountTheHostThatOpened) {
+    TableConfig config;
+    config.max_connections_per_host = 2;
+    config.max_calls_per_host = 3;
+    CallTable table = make(config);
+    // A server behind a port forward: connections opened by outside hosts
+    // count against each of them, not against the server.
+    for (std::uint32_t client = 0; client < 5; ++client) {
+        for (std::uint16_t port = 0; port < 2; ++port) {
+            EXPECT_NE(table.create_connection(key(kClient1, kServerA + client, static_cast<std::uint16_t>(5000 + port)),
+                                              /*opened_from_outside=*/true),
+                      nullptr);
+        }
+        EXPECT_EQ(table.create_connection(key(kClient1, kServerA + client, 5002), true), nullptr);
+    }
+    // Calls: at most three for one opening host, over all its connections.
+    auto* c1 = table.create_connection(key(kClient2, kServerA, 40000));
+    auto* c2 = table.create_connection(key(kClient2, kServerB, 40001));
+    EXPECT_NE(table.create_call_from_inside(*c1, 1).call, nullptr);
+    EXPECT_NE(table.create_call_from_inside(*c1, 2).call, nullptr);
+    EXPECT_NE(table.create_call_from_inside(*c2, 3).call, nullptr);
+    const auto refused = table.create_call_from_inside(*c2, 4);
+    EXPECT_EQ(refused.call, nullptr);
+    EXPECT_EQ(refused.error, CallError::HostCallLimit);
+    table.remove_call(*c1->calls.front(), TeardownReason::Cleared);
+    EXPECT_NE(table.create_call_from_inside(*c2, 4).call, nullptr);
+}
+
+TEST_F(CallTableTest, AReplyRepeatingAnotherCallsIdDoesNotTakeItsGre) {
+    CallTable table = make();
+    auto* conn = table.create_connection(key(kClient1, kServerA));
+    Call* first = table.create_call_from_inside(*conn, 1).call;
+    table.set_outside_id(*first, 0);
+    Call* second = table.create_call_from_inside(*conn, 2).call;
+    table.set_outside_id(*second, 0);  // a refusal that says Call ID 0 too
+    EXPECT_EQ(table.find_outbound(kClient1, kServerA, 0), first);
+    table.remove_call(*second, TeardownReason::CallRejected);
+    EXPECT_EQ(table.find_outbound(kClient1, kServerA, 0), first);
 }
 
 TEST_F(CallTableTest, ClosedConnectionsLingerThenGo) {

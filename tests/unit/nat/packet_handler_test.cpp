@@ -79,6 +79,7 @@ protected:
         const Verdict v = run(Direction::Outbound, p);
         if (verdict != nullptr) *verdict = v;
         if (v.accept) f.out_seq += static_cast<std::uint32_t>(payload.size());
+        last = p;
         return tcp_payload(p);
     }
     Bytes in(Flow& f, const Bytes& payload, Verdict* verdict = nullptr, std::uint8_t flags = ACK | PSH) {
@@ -86,6 +87,7 @@ protected:
         const Verdict v = run(Direction::Inbound, p);
         if (verdict != nullptr) *verdict = v;
         if (v.accept) f.in_seq += static_cast<std::uint32_t>(payload.size());
+        last = p;
         return tcp_payload(p);
     }
     // TCP open only: both streams synchronized, no PPTP message yet.
@@ -122,8 +124,21 @@ protected:
         return v;
     }
 
+    // The agent ended the connection: the segment left as a bare RST (no
+    // byte of it) at `sequence`, and `why` was counted.
+    void expect_reset(const Verdict& v, DropReason why, std::uint32_t sequence) {
+        EXPECT_TRUE(v.accept);
+        EXPECT_TRUE(v.modified);
+        EXPECT_EQ(v.length, 40u);
+        ASSERT_EQ(last.size(), 40u);
+        EXPECT_EQ(last[33] & 0x04, 0x04) << "RST";
+        EXPECT_EQ(get32(last, 24), sequence);
+        EXPECT_EQ(counters.get(why), 1u);
+    }
+
     ManualClock clock;
     Counters counters;
+    Bytes last;  // the latest control segment as it left
     HandlerConfig handler_config;
     RecordedVerdicts deferred;
     std::uint32_t next_id = 0;
@@ -271,9 +286,9 @@ TEST_F(PacketHandlerTest, AfterOneSideSendsFinTheOtherMayStillFinish) {
     EXPECT_EQ(get16(clear, 12), id);  // still the ID the server knew
     out(f, stop_request(), &v);
     EXPECT_TRUE(v.accept);
+    const std::uint32_t at = f.out_seq;
     out(f, ocrq(8), &v);  // but no new call on a closing connection
-    EXPECT_FALSE(v.accept);
-    EXPECT_EQ(v.reason, DropReason::control_out_of_state);
+    expect_reset(v, DropReason::control_out_of_state, at);
 }
 
 TEST_F(PacketHandlerTest, ReplyAfterTheClientHalfClosedStillGetsThrough) {
@@ -449,7 +464,7 @@ TEST_F(PacketHandlerTest, HeldSegmentsTimeOutAsDrops) {
 TEST_F(PacketHandlerTest, HoldingIsBounded) {
     Flow f{kClient1, 40000};
     open(f);
-    for (std::uint32_t i = 0; i < handler->config().max_held_segments; ++i) {
+    for (std::uint32_t i = 0; i < handler->config().holds.segments_per_direction; ++i) {
         Bytes p = tcp_packet(f.client, f.server, f.port, 1723, f.out_seq + 100 + i * 10, ACK | PSH, Bytes(10, 0));
         EXPECT_TRUE(run(Direction::Outbound, p).held);
     }
@@ -479,27 +494,26 @@ TEST_F(PacketHandlerTest, RetransmissionIsRewrittenIdentically) {
     EXPECT_EQ(table->call_count(), 2u);
 }
 
-TEST_F(PacketHandlerTest, PeerCallIdOfAnotherConnectionIsRefused) {
+TEST_F(PacketHandlerTest, ACallIdOfAnotherConnectionIsNeutralised) {
     Flow a{kClient1, 40000};
     Flow b{kClient2, 40000};
     open(a);
     open(b);
     const std::uint16_t pa = call(a, 7, 300);
     Verdict v;
-    in(b, wen(pa), &v);  // names a's call on b's connection
-    EXPECT_FALSE(v.accept);
-    EXPECT_EQ(v.reason, DropReason::control_unknown_call_id);
-}
-
-TEST_F(PacketHandlerTest, BadMagicIsDroppedAndCounted) {
-    Flow f{kClient1, 40000};
-    open(f);
-    Bytes bad = ocrq(7);
-    put32(bad, 4, 0xDEADBEEF);
-    Verdict v;
-    out(f, bad, &v);
-    EXPECT_FALSE(v.accept);
-    EXPECT_EQ(counters.get(DropReason::control_bad_magic_cookie), 1u);
+    // b names a's public Call ID to the server, and the server a's to b:
+    // neither leaves as it is, and both streams go on.
+    Bytes clear = out(b, ccrq(pa), &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(get16(clear, 12), 0);
+    const Bytes wan = in(b, wen(pa), &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(get16(wan, 12), 0);
+    EXPECT_EQ(counters.get(DropReason::control_unknown_call_id), 2u);
+    EXPECT_EQ(counters.get(EventCounter::control_call_ids_neutralised), 2u);
+    EXPECT_EQ(table->call_count(), 1u);
+    EXPECT_TRUE(gre_in(kServer, kPublic, pa).accept) << "a's call is untouched";
+    EXPECT_NE(call(b, 7, 301), pa);
 }
 
 TEST_F(PacketHandlerTest, IncomingCallTranslatesEveryField) {
@@ -616,14 +630,45 @@ TEST_F(SmallIdSpaceTest, ExhaustionRefusesTheNewCallAndKeepsTheOld) {
     EXPECT_EQ(p[33] & 0x04, 0x04);
     EXPECT_TRUE(tcp_checksum_ok(p));
     EXPECT_EQ(counters.get(DropReason::call_id_space_exhausted), 1u);
-    EXPECT_EQ(table->find_connection(ConnectionKey{kClient2, kServer, 40000, 1723})->state, ConnectionState::Refused);
-    // Further segments of that connection pass untouched.
+    EXPECT_EQ(table->find_connection(ConnectionKey{kClient2, kServer, 40000, 1723})->state, ConnectionState::Reset);
+    // The client's resend goes on without its bytes, as a bare ACK: the
+    // server, reset already, answers it with an RST, so the client ends too.
     Bytes again = tcp_packet(b.client, b.server, b.port, 1723, b.out_seq, ACK | PSH, ocrq(7));
     const Verdict v2 = run(Direction::Outbound, again);
     EXPECT_TRUE(v2.accept);
-    EXPECT_FALSE(v2.modified);
+    EXPECT_EQ(v2.length, 40u);
+    EXPECT_EQ(again[33], 0x10) << "ACK only";
+    // That RST passes on to the client untouched.
+    Bytes rst = tcp_packet(b.server, b.client, 1723, b.port, b.in_seq, RST, {});
+    const Verdict v3 = run(Direction::Inbound, rst);
+    EXPECT_TRUE(v3.accept);
+    EXPECT_FALSE(v3.modified);
     EXPECT_TRUE(gre_in(kServer, kPublic, 40).accept);
     EXPECT_EQ(table->call_count(), 1u);
+}
+
+TEST_F(PacketHandlerTest, BadMagicResetsTheConnectionWithOneRstToEachPeer) {
+    Flow f{kClient1, 40000};
+    open(f);
+    Bytes bad = ocrq(7);
+    put32(bad, 4, 0xDEADBEEF);
+    Verdict v;
+    const std::uint32_t client_at = f.out_seq;
+    out(f, bad, &v);
+    expect_reset(v, DropReason::control_bad_magic_cookie, client_at);
+    // The server, not yet reset, sends something: it goes to the client as an
+    // RST where the client expects the server's next byte.
+    const std::uint32_t server_at = f.in_seq;
+    in(f, echo_request(9), &v);
+    EXPECT_TRUE(v.accept);
+    ASSERT_EQ(last.size(), 40u);
+    EXPECT_EQ(last[33] & 0x04, 0x04);
+    EXPECT_EQ(get32(last, 24), server_at);
+    EXPECT_EQ(counters.get(EventCounter::control_connections_reset), 1u);
+    // Later bytes of either side never pass.
+    EXPECT_TRUE(out(f, ocrq(8)).empty());
+    EXPECT_TRUE(in(f, echo_request(10)).empty());
+    EXPECT_EQ(table->call_count(), 0u);
 }
 
 class StrictStateTest : public PacketHandlerTest {};
@@ -632,9 +677,9 @@ TEST_F(StrictStateTest, CallRequestBeforeStartIsOutOfState) {
     Flow f{kClient1, 40000};
     handshake(f);
     Verdict v;
+    const std::uint32_t at = f.out_seq;
     out(f, ocrq(7), &v);
-    EXPECT_FALSE(v.accept);
-    EXPECT_EQ(v.reason, DropReason::control_out_of_state);
+    expect_reset(v, DropReason::control_out_of_state, at);
     EXPECT_EQ(table->call_count(), 0u);
 }
 
@@ -652,9 +697,9 @@ TEST_F(StrictStateTest, ReplyFromTheWrongSideIsRefused) {
     open(f);
     out(f, ocrq(7));
     Verdict v;
+    const std::uint32_t at = f.out_seq;
     out(f, ocrp(7, 7), &v);  // the PNS cannot answer its own request
-    EXPECT_FALSE(v.accept);
-    EXPECT_EQ(v.reason, DropReason::control_wrong_sender);
+    expect_reset(v, DropReason::control_wrong_sender, at);
 }
 
 TEST_F(StrictStateTest, SecondReplyIsOutOfState) {
@@ -662,9 +707,9 @@ TEST_F(StrictStateTest, SecondReplyIsOutOfState) {
     open(f);
     call(f, 7, 300);
     Verdict v;
+    const std::uint32_t at = f.in_seq;
     in(f, ocrp(301, 7), &v);
-    EXPECT_FALSE(v.accept);
-    EXPECT_EQ(v.reason, DropReason::control_out_of_state);
+    expect_reset(v, DropReason::control_out_of_state, at);
 }
 
 TEST_F(StrictStateTest, VersionOtherThanOneIsRefused) {
@@ -673,9 +718,9 @@ TEST_F(StrictStateTest, VersionOtherThanOneIsRefused) {
     Bytes start = sccrq();
     put16(start, 12, 0x0200);
     Verdict v;
+    const std::uint32_t at = f.out_seq;
     out(f, start, &v);
-    EXPECT_FALSE(v.accept);
-    EXPECT_EQ(v.reason, DropReason::control_bad_protocol_version);
+    expect_reset(v, DropReason::control_bad_protocol_version, at);
 }
 
 TEST_F(StrictStateTest, ConnectedWithoutIncomingCallIsOutOfState) {
@@ -683,9 +728,9 @@ TEST_F(StrictStateTest, ConnectedWithoutIncomingCallIsOutOfState) {
     open(f);
     const std::uint16_t id = call(f, 7, 300);
     Verdict v;
+    const std::uint32_t at = f.in_seq;
     in(f, iccn(id), &v);
-    EXPECT_FALSE(v.accept);
-    EXPECT_EQ(v.reason, DropReason::control_out_of_state);
+    expect_reset(v, DropReason::control_out_of_state, at);
 }
 
 class AcceptPolicyTest : public PacketHandlerTest {
@@ -698,20 +743,33 @@ protected:
     AcceptPolicyTest() : PacketHandlerTest(TableConfig{}, accept_policy()) {}
 };
 
-TEST_F(AcceptPolicyTest, ViolationsPassUnchangedAndTheStreamGoesOn) {
+TEST_F(AcceptPolicyTest, ViolationsPassTranslatedAndTheStreamGoesOn) {
     Flow a{kClient1, 40000};
-    Flow b{kClient2, 40000};
     open(a);
-    open(b);
     const std::uint16_t pa = call(a, 7, 300);
     Verdict v;
-    const Bytes passed = in(b, wen(pa), &v);  // a's call named on b's connection
+    // A second reply for the call: out of state, passed on, its Call IDs
+    // still translated, nothing changed.
+    const Bytes passed = in(a, ocrp(301, pa), &v);
     EXPECT_TRUE(v.accept);
-    EXPECT_FALSE(v.modified);
-    EXPECT_EQ(get16(passed, 12), pa);  // never rewritten
-    EXPECT_EQ(counters.get(DropReason::control_unknown_call_id), 1u);
-    const std::uint16_t pb = call(b, 7, 301);  // the stream is still followed
+    EXPECT_EQ(get16(passed, 14), 7);
+    EXPECT_EQ(counters.get(DropReason::control_out_of_state), 1u);
+    EXPECT_EQ(table->find_by_outside_id(*table->find_connection(ConnectionKey{kClient1, kServer, 40000, 1723}), 301),
+              nullptr);
+    EXPECT_TRUE(gre_in(kServer, kPublic, pa).accept);
+    const std::uint16_t pb = call(a, 8, 302);  // the stream is still followed
     EXPECT_NE(pb, pa);
+}
+
+TEST_F(AcceptPolicyTest, BrokenFramingStillResets) {
+    Flow f{kClient1, 40000};
+    open(f);
+    Bytes bad = ocrq(7);
+    put16(bad, 0, 5000);  // a length no message has
+    Verdict v;
+    const std::uint32_t at = f.out_seq;
+    out(f, bad, &v);
+    expect_reset(v, DropReason::control_bad_length, at);
 }
 
 class PerHostLimitTest : public PacketHandlerTest {

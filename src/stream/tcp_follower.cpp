@@ -1,0 +1,421 @@
+#include "stream/tcp_follower.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "pptp/bytes.hpp"
+#include "pptp/inet.hpp"
+
+namespace stream {
+namespace {
+
+// Signed distance a - b in sequence space (RFC 793 arithmetic).
+std::int32_t seq_diff(std::uint32_t a, std::uint32_t b) noexcept {
+    return static_cast<std::int32_t>(a - b);
+}
+
+bool contains(std::uint32_t from, std::uint32_t end, std::uint32_t sequence) noexcept {
+    return seq_diff(sequence, from) >= 0 && seq_diff(sequence, end) < 0;
+}
+
+std::uint8_t byte_of(std::uint16_t value, std::size_t index) noexcept {
+    return static_cast<std::uint8_t>(index == 0 ? value >> 8U : value & 0xFFU);
+}
+
+}  // namespace
+
+void FieldLog::remember(std::uint32_t field_sequence, std::uint16_t from, std::uint16_t to) noexcept {
+    if (used == kSize) {
+        // The oldest field leaves the log: resends before its end cannot be checked.
+        floor = sequence[next] + 2;
+        floor_set = true;
+    }
+    sequence[next] = field_sequence;
+    original[next] = from;
+    rewritten[next] = to;
+    next = static_cast<std::uint8_t>((next + 1U) % kSize);
+    used = static_cast<std::uint8_t>(std::min<std::size_t>(used + 1U, kSize));
+}
+
+// Writes the consumer's field decisions into the log and into every piece
+// that carries the field's bytes.
+class Follower::Writer final : public FieldWriter {
+public:
+    Writer(Follower& follower, DirectionState& direction, std::span<const std::uint8_t> bytes, std::uint32_t start)
+        : follower_(follower), direction_(direction), bytes_(bytes), start_(start) {}
+
+    void field(std::size_t offset, std::uint16_t value) override {
+        const std::uint16_t original = pptp::load_be16(bytes_.data() + offset);
+        const auto sequence = start_ + static_cast<std::uint32_t>(offset);
+        direction_.fields.remember(sequence, original, value);
+        for (std::size_t b = 0; b < 2; ++b) {
+            const std::uint8_t from = byte_of(original, b);
+            const std::uint8_t to = byte_of(value, b);
+            if (from == to) {
+                continue;
+            }
+            for (Piece& piece : follower_.pieces_) {
+                const auto at = sequence + static_cast<std::uint32_t>(b);
+                if (!contains(piece.sequence, piece.end, at)) {
+                    continue;
+                }
+                const std::size_t index = piece.payload_offset + static_cast<std::size_t>(seq_diff(at, piece.sequence));
+                if (piece.tcp[index] == from) {
+                    pptp::patch_with_checksum(piece.tcp, index, std::span<const std::uint8_t>(&to, 1),
+                                              pptp::kTcpChecksumOffset);
+                    *piece.modified = true;
+                }
+            }
+        }
+    }
+
+private:
+    Follower& follower_;
+    DirectionState& direction_;
+    std::span<const std::uint8_t> bytes_;
+    std::uint32_t start_;
+};
+
+Follower::Follower(HoldLimits limits, EventSink& events) : limits_(limits), events_(events) {
+    pieces_.reserve(limits_.segments_per_direction + 1);
+    scratch_.reserve(limits_.bytes_per_direction + 0xFFFF);
+    filled_.reserve(limits_.bytes_per_direction + 0xFFFF);
+}
+
+void Follower::pick_up(Flow& flow, std::size_t side, std::uint32_t sequence) noexcept {
+    DirectionState& d = flow.sides[side];
+    d = DirectionState{};
+    d.synchronized = true;
+    d.next_sequence = sequence;
+}
+
+Result Follower::segment(Flow& flow, std::uint64_t flow_id, std::size_t side, Segment& segment,
+                         StreamConsumer& consumer, Instant now) {
+    Result result;
+    DirectionState& d = flow.sides[side];
+    result.receiver_expects = d.synchronized ? d.next_sequence : segment.sequence;
+    // The receiver's stack discards a segment with a bad checksum; so do we,
+    // before any of it moves our view of the stream.
+    if (!pptp::tcp_checksum_valid_ipv4(segment.source, segment.destination,
+                                       std::span<const std::uint8_t>(segment.packet).subspan(segment.tcp_offset))) {
+        count(Event::BadChecksum);
+        result.action = Result::Action::Drop;
+        result.drop_event = Event::BadChecksum;
+        return result;
+    }
+    if (segment.ack) {
+        d.last_ack = segment.acknowledgement;
+        d.ack_known = true;
+    }
+    if (segment.syn) {
+        // A SYN (or SYN-ACK) once data has flowed is no new stream: the
+        // endpoint answers it with a challenge ACK and keeps its connection.
+        if (flow.data_seen()) {
+            count(Event::SynIgnored);
+            return result;
+        }
+        release_all(flow_id * 2 + side, false);
+        pick_up(flow, side, segment.sequence + 1);
+        if (segment.ack) {
+            d.last_ack = segment.acknowledgement;
+            d.ack_known = true;
+        }
+        return result;
+    }
+    if (segment.rst) {
+        // RFC 5961: only an RST at exactly the next expected sequence number
+        // resets; anything else draws a challenge ACK from the endpoint.
+        if (d.synchronized && segment.sequence == d.next_sequence) {
+            result.reset_by_peer = true;
+        } else {
+            count(Event::ResetIgnored);
+        }
+        return result;
+    }
+    if (segment.payload_size() > 0 && d.synchronized) {
+        result = take_payload(flow, flow_id, side, segment, consumer, now);
+        if (result.action != Result::Action::Forward || result.reset_requested) {
+            return result;
+        }
+    }
+    if (segment.fin) {
+        const auto fin_sequence = segment.sequence + static_cast<std::uint32_t>(segment.payload_size());
+        if (d.synchronized && fin_sequence == d.next_sequence) {
+            result.finished = true;
+        } else {
+            count(Event::FinIgnored);
+        }
+    }
+    return result;
+}
+
+bool Follower::patch_resend(DirectionState& d, Piece& piece, bool& inconsistent) {
+    bool patched = false;
+    const FieldLog& log = d.fields;
+    for (std::size_t n = 0; n < log.used; ++n) {
+        for (std::size_t b = 0; b < 2; ++b) {
+            const auto at = log.sequence[n] + static_cast<std::uint32_t>(b);
+            if (!contains(piece.sequence, piece.end, at) || seq_diff(at, d.next_sequence) >= 0) {
+                continue;
+            }
+            const std::size_t index = piece.payload_offset + static_cast<std::size_t>(seq_diff(at, piece.sequence));
+            const std::uint8_t from = byte_of(log.original[n], b);
+            const std::uint8_t to = byte_of(log.rewritten[n], b);
+            if (piece.tcp[index] != from) {
+                inconsistent = true;  // other bytes than the first time, in a field
+                return patched;
+            }
+            if (from != to) {
+                pptp::patch_with_checksum(piece.tcp, index, std::span<const std::uint8_t>(&to, 1),
+                                          pptp::kTcpChecksumOffset);
+                *piece.modified = true;
+                patched = true;
+            }
+        }
+    }
+    return patched;
+}
+
+Result Follower::take_payload(Flow& flow, std::uint64_t flow_id, std::size_t side, Segment& segment,
+                              StreamConsumer& consumer, Instant now) {
+    DirectionState& d = flow.sides[side];
+    const std::uint64_t key = flow_id * 2 + side;
+    Result result;
+    result.receiver_expects = d.next_sequence;
+    auto drop = [&result](Event why) {
+        result.action = Result::Action::Drop;
+        result.drop_event = why;
+        return result;
+    };
+    bool current_modified = false;
+    const auto size = static_cast<std::uint32_t>(segment.payload_size());
+    Piece current{segment.sequence, segment.sequence + size, segment.packet.subspan(segment.tcp_offset),
+                  segment.payload_offset - segment.tcp_offset, &current_modified};
+    if (seq_diff(segment.sequence, d.next_sequence) < 0) {
+        // A resend: its field bytes must be what went first, and leave as then.
+        if (d.fields.floor_set && seq_diff(segment.sequence, d.fields.floor) < 0) {
+            count(Event::ResendBeyondLog);
+            return drop(Event::ResendBeyondLog);
+        }
+        bool inconsistent = false;
+        if (patch_resend(d, current, inconsistent)) {
+            count(Event::ResendPatched);
+        }
+        if (inconsistent) {
+            count(Event::InconsistentResend);
+            return drop(Event::InconsistentResend);
+        }
+    }
+    if (seq_diff(current.end, d.next_sequence) <= 0) {
+        result.modified = current_modified;
+        return result;  // nothing new
+    }
+
+    // The bytes readable from the stream position on: this segment and the
+    // held ones that continue it.
+    pieces_.clear();
+    pieces_.push_back(current);
+    if (auto held = held_.find(key); held != held_.end()) {
+        for (Held& h : held->second) {
+            pieces_.push_back(Piece{h.sequence, h.end, std::span<std::uint8_t>(h.packet).subspan(h.tcp_offset),
+                                    h.payload_offset - h.tcp_offset, &h.modified});
+        }
+    }
+    std::uint32_t run_end = d.next_sequence;
+    for (bool grew = true; grew;) {
+        grew = false;
+        for (const Piece& piece : pieces_) {
+            if (seq_diff(piece.sequence, run_end) <= 0 && seq_diff(piece.end, run_end) > 0) {
+                run_end = piece.end;
+                grew = true;
+            }
+        }
+    }
+    if (seq_diff(run_end, current.end) < 0) {
+        // A gap before this segment: keep it until the gap fills.
+        if (hold(key, segment, current.end, current_modified, 0, now)) {
+            result.action = Result::Action::Held;
+            return result;
+        }
+        count(Event::HoldOverflow);
+        return drop(Event::HoldOverflow);
+    }
+    const auto run_length = static_cast<std::size_t>(seq_diff(run_end, d.next_sequence));
+    scratch_.assign(run_length, 0);
+    filled_.assign(run_length, 0);
+    for (const Piece& piece : pieces_) {
+        const std::uint32_t from = seq_diff(piece.sequence, d.next_sequence) > 0 ? piece.sequence : d.next_sequence;
+        const std::uint32_t to = seq_diff(piece.end, run_end) < 0 ? piece.end : run_end;
+        for (std::uint32_t at = from; seq_diff(to, at) > 0; ++at) {
+            const auto index = static_cast<std::size_t>(seq_diff(at, d.next_sequence));
+            const std::uint8_t value =
+                piece.tcp[piece.payload_offset + static_cast<std::size_t>(seq_diff(at, piece.sequence))];
+            if (filled_[index] != 0 && scratch_[index] != value) {
+                // Two copies of the same bytes disagree: neither goes on.
+                release_all(key, false);
+                count(Event::InconsistentResend);
+                return drop(Event::InconsistentResend);
+            }
+            scratch_[index] = value;
+            filled_[index] = 1;
+        }
+    }
+    const std::span<const std::uint8_t> bytes(scratch_);
+    const std::size_t take = consumer.takeable(side, bytes);
+    const std::uint32_t start = d.next_sequence;
+    Writer writer(*this, d, bytes, start);
+    if (consumer.take(side, bytes.first(take), writer) == Take::Reset) {
+        release_all(key, false);
+        result.reset_requested = true;
+        result.receiver_expects = start;
+        return result;
+    }
+    d.next_sequence = start + static_cast<std::uint32_t>(take);
+    d.data_taken = d.data_taken || take > 0;
+
+    // Release what the stream has now taken whole; what is left may go on cut
+    // at the stream position once its field wait is over.
+    if (auto held = held_.find(key); held != held_.end()) {
+        auto& list = held->second;
+        for (auto h = list.begin(); h != list.end();) {
+            if (seq_diff(h->end, d.next_sequence) <= 0) {
+                release(*h, true);
+                h = list.erase(h);
+            } else {
+                const std::int32_t before = seq_diff(d.next_sequence, h->sequence);
+                h->cut_at = before > 0 ? static_cast<std::size_t>(before) : 0;
+                ++h;
+            }
+        }
+        if (list.empty()) {
+            held_.erase(held);
+        }
+    }
+    if (seq_diff(current.end, d.next_sequence) <= 0) {
+        result.modified = current_modified;
+        return result;
+    }
+    // Part of this segment waits for bytes still to come.
+    const std::int32_t before = seq_diff(d.next_sequence, segment.sequence);
+    if (hold(key, segment, current.end, current_modified, before > 0 ? static_cast<std::size_t>(before) : 0, now)) {
+        result.action = Result::Action::Held;
+        return result;
+    }
+    count(Event::HoldOverflow);
+    return drop(Event::HoldOverflow);
+}
+
+bool Follower::hold(std::uint64_t key, const Segment& segment, std::uint32_t end, bool modified, std::size_t cut_at,
+                    Instant now) {
+    if (deferred_ == nullptr) {
+        return false;
+    }
+    auto& list = held_[key];
+    // A resend of a segment held already replaces it.
+    for (auto it = list.begin(); it != list.end(); ++it) {
+        if (it->sequence == segment.sequence && it->end == end) {
+            release(*it, false);
+            list.erase(it);
+            break;
+        }
+    }
+    std::size_t bytes = segment.packet.size();
+    for (const auto& h : list) {
+        bytes += h.packet.size();
+    }
+    const auto host = held_per_host_.find(segment.source);
+    const std::size_t of_host = host == held_per_host_.end() ? 0 : host->second;
+    if (held_total_ >= limits_.segments_total || of_host >= limits_.segments_per_host ||
+        list.size() >= limits_.segments_per_direction || bytes > limits_.bytes_per_direction) {
+        if (list.empty()) {
+            held_.erase(key);
+        }
+        return false;
+    }
+    Held h;
+    h.packet_id = segment.packet_id;
+    h.sequence = segment.sequence;
+    h.end = end;
+    h.sender = segment.source;
+    h.since = now;
+    h.modified = modified;
+    h.cut_at = cut_at;
+    h.tcp_offset = segment.tcp_offset;
+    h.payload_offset = segment.payload_offset;
+    h.packet.assign(segment.packet.begin(), segment.packet.end());
+    list.push_back(std::move(h));
+    ++held_total_;
+    ++held_per_host_[segment.source];
+    count(Event::SegmentHeld);
+    return true;
+}
+
+void Follower::release(Held& h, bool accept) {
+    deferred_->release(
+        h.packet_id, accept,
+        accept && h.modified ? std::span<const std::uint8_t>(h.packet) : std::span<const std::uint8_t>());
+    --held_total_;
+    if (auto host = held_per_host_.find(h.sender); host != held_per_host_.end() && --host->second == 0) {
+        held_per_host_.erase(host);
+    }
+    count(accept ? Event::SegmentReleased : Event::HeldDropped);
+}
+
+void Follower::release_all(std::uint64_t key, bool accept) {
+    auto it = held_.find(key);
+    if (it == held_.end()) {
+        return;
+    }
+    for (Held& h : it->second) {
+        release(h, accept);
+    }
+    held_.erase(it);
+}
+
+void Follower::forget(std::uint64_t flow_id) {
+    release_all(flow_id * 2, false);
+    release_all(flow_id * 2 + 1, false);
+}
+
+void Follower::cut(Held& h) {
+    // Only the bytes before the incomplete field go on; TCP resends the rest.
+    const std::size_t length = h.payload_offset + h.cut_at;
+    h.packet.resize(length);
+    pptp::store_be16(h.packet.data() + 2, static_cast<std::uint16_t>(length));
+    pptp::store_be16(h.packet.data() + pptp::kIpv4ChecksumOffset, 0);
+    pptp::store_be16(h.packet.data() + pptp::kIpv4ChecksumOffset,
+                     pptp::ipv4_header_checksum(std::span<const std::uint8_t>(h.packet).first(h.tcp_offset)));
+    auto tcp = std::span<std::uint8_t>(h.packet).subspan(h.tcp_offset);
+    tcp[13] = static_cast<std::uint8_t>(tcp[13] & ~0x01U);  // a FIN would now stand at the wrong place
+    pptp::store_be16(tcp.data() + pptp::kTcpChecksumOffset,
+                     pptp::tcp_checksum_ipv4(pptp::load_be32(h.packet.data() + pptp::kIpv4SourceOffset),
+                                             pptp::load_be32(h.packet.data() + pptp::kIpv4DestinationOffset), tcp));
+    h.modified = true;
+}
+
+std::size_t Follower::expire(Instant now) {
+    std::size_t expired = 0;
+    for (auto it = held_.begin(); it != held_.end();) {
+        auto& list = it->second;
+        for (auto h = list.begin(); h != list.end();) {
+            if (now - h->since >= limits_.timeout) {
+                // The rest never came: drop it and let TCP resend it whole.
+                release(*h, false);
+                count(Event::HoldTimeout);
+                ++expired;
+                h = list.erase(h);
+            } else if (h->cut_at > 0 && now - h->since >= limits_.field_wait) {
+                cut(*h);
+                release(*h, true);
+                count(Event::SegmentCut);
+                h = list.erase(h);
+            } else {
+                ++h;
+            }
+        }
+        it = list.empty() ? held_.erase(it) : std::next(it);
+    }
+    return expired;
+}
+
+}  // namespace stream
