@@ -73,6 +73,11 @@ ControlConnection* CallTable::find_connection(const ConnectionKey& key) noexcept
     return it == connections_.end() ? nullptr : &it->second;
 }
 
+ControlConnection* CallTable::find_connection(std::uint64_t id) noexcept {
+    auto it = connection_keys_.find(id);
+    return it == connection_keys_.end() ? nullptr : find_connection(it->second);
+}
+
 ControlConnection* CallTable::create_connection(const ConnectionKey& key, bool opened_from_outside) {
     if (auto* existing = find_connection(key)) {
         remove_connection(*existing, TeardownReason::ConnectionReplaced);
@@ -90,6 +95,7 @@ ControlConnection* CallTable::create_connection(const ConnectionKey& key, bool o
     ControlConnection* raw = &connections_.try_emplace(key).first->second;
     raw->id = next_connection_serial_++;
     raw->key = key;
+    connection_keys_.emplace(raw->id, key);
     raw->initiator_address = initiator;
     raw->opened_from_outside = opened_from_outside;
     raw->created = raw->last_activity = clock_.now();
@@ -111,6 +117,7 @@ void CallTable::remove_connection(ControlConnection& conn, TeardownReason reason
     close_connection(conn, reason);
     counters_.add(EventCounter::connections_torn_down);
     const ConnectionKey key = conn.key;  // conn dies inside erase
+    connection_keys_.erase(conn.id);
     auto host = connections_per_host_.find(conn.initiator_address);
     if (host != connections_per_host_.end() && --host->second == 0) {
         connections_per_host_.erase(host);
@@ -171,8 +178,7 @@ CallResult CallTable::new_call(ControlConnection& conn) {
 CallError CallTable::allocate_public_id(Call& call, std::uint16_t preferred) {
     const std::uint32_t lo = config_.call_id_min;
     const std::uint32_t span = static_cast<std::uint32_t>(config_.call_id_max) - lo + 1U;
-    std::uint32_t& used = ids_in_use_[call.outside_address];
-    if (used >= span) {
+    if (ids_in_use_[call.outside_address] >= span) {
         return CallError::CallIdSpaceExhausted;
     }
     auto is_free = [&](std::uint32_t id) {
@@ -210,10 +216,66 @@ CallError CallTable::allocate_public_id(Call& call, std::uint16_t preferred) {
     if (!found) {
         return CallError::CallIdSpaceExhausted;
     }
-    call.public_call_id = static_cast<std::uint16_t>(chosen);
-    by_public_.emplace(public_key(call.outside_address, call.public_call_id), &call);
-    ++used;
+    take_public_id(call, static_cast<std::uint16_t>(chosen));
     return CallError::None;
+}
+
+void CallTable::take_public_id(Call& call, std::uint16_t id) {
+    call.public_call_id = id;
+    call.public_assigned = true;
+    by_public_.emplace(public_key(call.outside_address, id), &call);
+    ++ids_in_use_[call.outside_address];
+}
+
+CallError CallTable::allocate_public_id_by_high_byte(Call& call, std::uint8_t preferred_high) {
+    // Blocks of 256 IDs by high byte: the preferred one first under
+    // preserve, a random one under random; the first free ID in the range.
+    const std::uint32_t start = config_.call_id_allocation == CallIdAllocation::Random
+                                    ? static_cast<std::uint32_t>(random_() % 256U)
+                                    : preferred_high;
+    for (std::uint32_t b = 0; b < 256; ++b) {
+        const std::uint32_t block = (start + b) % 256U;
+        for (std::uint32_t low = 0; low < 256; ++low) {
+            const std::uint32_t id = block << 8U | low;
+            if (id >= config_.call_id_min && id <= config_.call_id_max &&
+                by_public_.find(public_key(call.outside_address, static_cast<std::uint16_t>(id))) == by_public_.end()) {
+                take_public_id(call, static_cast<std::uint16_t>(id));
+                return CallError::None;
+            }
+        }
+    }
+    return CallError::CallIdSpaceExhausted;
+}
+
+CallResult CallTable::create_call_from_inside_by_high_byte(ControlConnection& conn, std::uint8_t inside_high) {
+    CallResult result = new_call(conn);
+    if (result.call == nullptr) {
+        return result;
+    }
+    if (CallError e = allocate_public_id_by_high_byte(*result.call, inside_high); e != CallError::None) {
+        unlink_call(*result.call);
+        return {nullptr, e};
+    }
+    return result;
+}
+
+void CallTable::complete_inside_id(Call& call, std::uint16_t inside_id) {
+    if (call.inside_known) {
+        return;
+    }
+    const bool same_block = (inside_id >> 8U) == (call.public_call_id >> 8U);
+    if (config_.call_id_allocation == CallIdAllocation::Preserve && same_block && inside_id != call.public_call_id &&
+        inside_id >= config_.call_id_min && inside_id <= config_.call_id_max &&
+        by_public_.find(public_key(call.outside_address, inside_id)) == by_public_.end()) {
+        by_public_.erase(public_key(call.outside_address, call.public_call_id));
+        call.public_call_id = inside_id;
+        by_public_.emplace(public_key(call.outside_address, inside_id), &call);
+    }
+    call.inside_call_id = inside_id;
+    call.inside_known = true;
+    if (call.outside_known) {
+        link_outbound(call);
+    }
 }
 
 CallResult CallTable::create_call_from_inside(ControlConnection& conn, std::uint16_t inside_id) {
@@ -288,7 +350,7 @@ void CallTable::mark_established(Call& call) {
 }
 
 void CallTable::unlink_call(Call& call) {
-    if (call.inside_known) {
+    if (call.public_assigned) {
         by_public_.erase(public_key(call.outside_address, call.public_call_id));
         auto used = ids_in_use_.find(call.outside_address);
         if (used != ids_in_use_.end() && --used->second == 0) {

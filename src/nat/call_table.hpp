@@ -117,6 +117,10 @@ struct MessageCursor {
     // The call the current message is about (its serial), once its Call ID
     // fields are decided; looked up again when the message completes.
     std::uint64_t message_call = 0;
+    // The first byte of the current message's (only) Call ID field went on
+    // alone, as `split_sent`; the second decides the rest to match it.
+    bool split = false;
+    std::uint8_t split_sent = 0;
 };
 
 struct Call;
@@ -166,10 +170,11 @@ struct Call {
     std::uint16_t inside_call_id = 0;
     std::uint16_t public_call_id = 0;
     std::uint16_t outside_call_id = 0;
-    bool inside_known = false;   // inside peer announced its Call ID
-    bool outside_known = false;  // outside peer announced its Call ID
-    bool outgoing = true;        // Outgoing-Call-Request (else Incoming-Call-Request)
-    bool answered = false;       // the reply (OCRP / ICRP) has been seen
+    bool inside_known = false;     // inside peer announced its Call ID
+    bool outside_known = false;    // outside peer announced its Call ID
+    bool outgoing = true;          // Outgoing-Call-Request (else Incoming-Call-Request)
+    bool answered = false;         // the reply (OCRP / ICRP) has been seen
+    bool public_assigned = false;  // public_call_id is taken in the allocator
     CallState state = CallState::Requested;
     Instant created{};
     Instant last_activity{};
@@ -211,6 +216,7 @@ public:
     [[nodiscard]] Instant now() const { return clock_.now(); }
 
     [[nodiscard]] ControlConnection* find_connection(const ConnectionKey& key) noexcept;
+    [[nodiscard]] ControlConnection* find_connection(std::uint64_t id) noexcept;
     // nullptr when max_connections or max_connections_per_host is reached.
     // `opened_from_outside`: the outside peer opened it (a port forward).
     ControlConnection* create_connection(const ConnectionKey& key, bool opened_from_outside = false);
@@ -225,6 +231,13 @@ public:
 
     // The inside peer announced a Call ID: make a call with a unique public ID.
     CallResult create_call_from_inside(ControlConnection& conn, std::uint16_t inside_id);
+    // The inside peer's new Call ID is known by its high byte only so far (its
+    // sender waits for an ACK before it sends the rest): a call whose public
+    // Call ID has a high byte decided now, which stays.
+    CallResult create_call_from_inside_by_high_byte(ControlConnection& conn, std::uint8_t inside_high);
+    // Its whole inside Call ID. Under preserve the public one becomes the
+    // inside one where that is free (it has the same high byte).
+    void complete_inside_id(Call& call, std::uint16_t inside_id);
     // The outside peer announced a Call ID first (inside peer answers later).
     CallResult create_call_from_outside(ControlConnection& conn, std::uint16_t outside_id);
     // An inside answer to an outside-initiated call: give it a public ID.
@@ -273,6 +286,8 @@ private:
 
     CallResult new_call(ControlConnection& conn);
     CallError allocate_public_id(Call& call, std::uint16_t preferred);
+    CallError allocate_public_id_by_high_byte(Call& call, std::uint8_t preferred_high);
+    void take_public_id(Call& call, std::uint16_t id);
     void unlink_call(Call& call);
     void link_outbound(Call& call);
     void unlink_outbound(Call& call);
@@ -284,6 +299,7 @@ private:
     std::uint64_t next_call_serial_ = 1;
     std::uint64_t next_connection_serial_ = 1;
     std::unordered_map<ConnectionKey, ControlConnection, ConnectionKeyHash> connections_;
+    std::unordered_map<std::uint64_t, ConnectionKey> connection_keys_;  // by serial
     std::unordered_map<std::uint64_t, Call> calls_;
     std::unordered_map<std::uint64_t, Call*> by_public_;
     std::unordered_map<OutboundKey, Call*, OutboundKeyHash> by_outbound_;

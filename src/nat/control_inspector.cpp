@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "pptp/bytes.hpp"
 
@@ -53,6 +54,11 @@ std::size_t ControlInspector::Binding::takeable(std::size_t side, std::span<cons
 stream::Take ControlInspector::Binding::take(std::size_t side, std::span<const std::uint8_t> bytes,
                                              stream::FieldWriter& fields) {
     return inspector_.take(conn_, static_cast<Direction>(side), bytes, fields);
+}
+
+std::size_t ControlInspector::Binding::take_field_start(std::size_t side, std::span<const std::uint8_t> bytes,
+                                                        stream::FieldWriter& fields) {
+    return inspector_.take_field_start(conn_, static_cast<Direction>(side), bytes, fields);
 }
 
 std::size_t ControlInspector::takeable(const MessageCursor& cursor, std::span<const std::uint8_t> bytes) {
@@ -156,7 +162,10 @@ stream::Take ControlInspector::take(ControlConnection& conn, Direction dir, std:
             cursor.prefix[o] = bytes[i + (o - start_offset)];
         }
         const std::size_t region_end = pptp::call_id_region_end(header.spec);
-        if (region_end != 0 && start_offset < region_end && end_offset >= region_end) {
+        if (cursor.split && start_offset < region_end && end_offset >= region_end) {
+            cursor.prefix[start_offset] = bytes[i];
+            finish_split_field(conn, dir, header, i, fields);
+        } else if (region_end != 0 && start_offset < region_end && end_offset >= region_end) {
             Outcome decision = cursor.message_ignored ? translate_fields(conn, dir, header, cursor.prefix)
                                                       : decide_call_ids(conn, dir, header, cursor.prefix);
             if (decision.refuse) {
@@ -195,9 +204,117 @@ stream::Take ControlInspector::take(ControlConnection& conn, Direction dir, std:
             cursor.message_length = 0;
             cursor.message_ignored = false;
             cursor.message_call = 0;
+            cursor.split = false;
         }
     }
     return stream::Take::Ok;
+}
+
+std::size_t ControlInspector::take_field_start(ControlConnection& conn, Direction dir,
+                                               std::span<const std::uint8_t> bytes, stream::FieldWriter& fields) {
+    MessageCursor& cursor = conn.framing[static_cast<std::size_t>(dir)];
+    if (bytes.empty() || cursor.message_length == 0 || cursor.message_offset != pptp::kHeaderSize || cursor.split ||
+        cursor.message_ignored) {
+        return 0;
+    }
+    const auto header =
+        pptp::check_header(std::span<const std::uint8_t>(cursor.prefix).first(pptp::kHeaderSize)).header;
+    if (pptp::call_id_region_end(header.spec) != pptp::kHeaderSize + 2) {
+        return 0;  // two fields (the replies): decided whole only
+    }
+    const bool outbound = dir == Direction::Outbound;
+    const bool own = header.spec.own_call_id_offset == pptp::kHeaderSize;
+    const std::uint8_t high = bytes[0];
+    std::uint8_t sent = high;
+    if (is(header, ControlType::OutgoingCallRequest) || is(header, ControlType::IncomingCallRequest)) {
+        if (outbound) {
+            // A new call: its public Call ID's high byte is decided now.
+            const CallResult r = table_.create_call_from_inside_by_high_byte(conn, high);
+            if (r.call == nullptr) {
+                return 0;  // no room: the segment waits and times out; the resend is refused whole
+            }
+            r.call->outgoing = is(header, ControlType::OutgoingCallRequest);
+            conn.pns_side = is(header, ControlType::OutgoingCallRequest) ? 0 : 1;
+            cursor.message_call = r.call->id;
+            sent = static_cast<std::uint8_t>(r.call->public_call_id >> 8U);
+        }
+    } else if (outbound == own) {
+        // A value in the inside peer's space: every call it may name must
+        // translate to the same high byte; none at all is neutralised.
+        std::optional<std::uint8_t> agreed;
+        bool ambiguous = false;
+        auto consider = [&](std::uint16_t from, std::uint16_t to) {
+            if ((from >> 8U) != high) {
+                return;
+            }
+            const auto to_high = static_cast<std::uint8_t>(to >> 8U);
+            ambiguous = ambiguous || (agreed && *agreed != to_high);
+            agreed = to_high;
+        };
+        for (const Call* call : conn.calls) {
+            if (call->inside_known) {
+                outbound ? consider(call->inside_call_id, call->public_call_id)
+                         : consider(call->public_call_id, call->inside_call_id);
+            }
+        }
+        for (const auto& ended : conn.ended_calls) {
+            outbound ? consider(ended.inside_call_id, ended.public_call_id)
+                     : consider(ended.public_call_id, ended.inside_call_id);
+        }
+        if (ambiguous) {
+            return 0;
+        }
+        sent = agreed.value_or(0);
+    }
+    fields.field_byte(0, sent);
+    cursor.prefix[pptp::kHeaderSize] = high;
+    cursor.message_offset = pptp::kHeaderSize + 1;
+    cursor.split = true;
+    cursor.split_sent = sent;
+    counters_.add(EventCounter::control_call_id_fields_split);
+    return 1;
+}
+
+std::uint16_t ControlInspector::unused_value(const ControlConnection& conn, Direction dir, std::uint8_t high) const {
+    const bool outbound = dir == Direction::Outbound;
+    for (std::uint32_t low = 0; low < 256; ++low) {
+        const auto value = static_cast<std::uint16_t>(static_cast<std::uint32_t>(high) << 8U | low);
+        const bool named = outbound ? (table_.find_by_public_id(conn, value) != nullptr ||
+                                       CallTable::find_ended(conn, false, true, value) != nullptr)
+                                    : (table_.find_by_inside_id(conn, value) != nullptr ||
+                                       CallTable::find_ended(conn, true, false, value) != nullptr);
+        if (!named && !(outbound && value == 0)) {
+            return value;
+        }
+    }
+    return static_cast<std::uint16_t>(static_cast<std::uint32_t>(high) << 8U);
+}
+
+void ControlInspector::finish_split_field(ControlConnection& conn, Direction dir, const pptp::ControlHeader& header,
+                                          std::size_t at, stream::FieldWriter& fields) {
+    MessageCursor& cursor = conn.framing[static_cast<std::size_t>(dir)];
+    const std::uint16_t original = pptp::load_be16(cursor.prefix.data() + pptp::kHeaderSize);
+    std::uint16_t value = original;
+    if (Call* reserved = cursor.message_call == 0 ? nullptr : table_.find_call(cursor.message_call)) {
+        table_.complete_inside_id(*reserved, original);  // the request's new call
+        value = reserved->public_call_id;
+    } else {
+        const Outcome d = decide_call_ids(conn, dir, header, cursor.prefix);
+        cursor.message_call = d.call;
+        cursor.message_ignored = cursor.message_ignored || d.ignore || d.violation != DropReason::none;
+        if (d.rewrite_count > 0) {
+            value = d.rewrites[0].value;
+        }
+    }
+    if ((value >> 8U) != cursor.split_sent) {
+        // What went first does not lead to this call: make the whole name
+        // no call at all.
+        value = unused_value(conn, dir, cursor.split_sent);
+        cursor.message_ignored = true;
+        counters_.add(EventCounter::control_call_ids_neutralised);
+    }
+    fields.field_byte(at, static_cast<std::uint8_t>(value & 0xFFU));
+    counters_.add(EventCounter::control_call_ids_rewritten);
 }
 
 ControlInspector::Outcome ControlInspector::check_message_start(ControlConnection& conn, Direction dir,

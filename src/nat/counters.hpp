@@ -24,6 +24,8 @@ namespace nat {
     X(control_messages_of_ended_calls) \
     X(control_call_ids_neutralised)    \
     X(control_segments_cut)            \
+    X(control_segments_replaced)       \
+    X(control_call_id_fields_split)    \
     X(tcp_resets_ignored)              \
     X(tcp_fins_ignored)                \
     X(tcp_syns_ignored)                \

@@ -71,11 +71,12 @@ void PacketHandler::stream_event(stream::Event event) {
     switch (event) {
         case stream::Event::SegmentHeld: counters_.add(EventCounter::control_segments_held); break;
         case stream::Event::SegmentReleased: counters_.add(EventCounter::control_segments_released); break;
-        case stream::Event::SegmentCut:
-            counters_.add(EventCounter::control_segments_cut);
-            counters_.add(EventCounter::control_segments_released);
-            break;
+        case stream::Event::SegmentCut: counters_.add(EventCounter::control_segments_cut); break;
         case stream::Event::HeldDropped: counters_.add(EventCounter::packets_dropped); break;
+        case stream::Event::SegmentReplaced:
+            counters_.add(EventCounter::packets_dropped);
+            counters_.add(EventCounter::control_segments_replaced);
+            break;
         case stream::Event::ResendPatched: counters_.add(EventCounter::control_retransmits_patched); break;
         case stream::Event::ResetIgnored: counters_.add(EventCounter::tcp_resets_ignored); break;
         case stream::Event::FinIgnored: counters_.add(EventCounter::tcp_fins_ignored); break;
@@ -90,7 +91,16 @@ void PacketHandler::stream_event(stream::Event event) {
 }
 
 std::size_t PacketHandler::expire_held() {
-    return follower_.expire(table_.now());
+    const std::size_t expired = follower_.expire(table_.now());
+    // Segments that wait at the start of a Call ID field whose sender waits
+    // for their ACK: let the inspector take the field's first byte alone.
+    for (const std::uint64_t key : follower_.waiting_at_a_field()) {
+        if (ControlConnection* conn = table_.find_connection(key / 2); conn != nullptr) {
+            auto consumer = inspector_.bind(*conn);
+            follower_.take_field_start(conn->tcp, conn->id, key % 2, consumer);
+        }
+    }
+    return expired;
 }
 
 Verdict PacketHandler::drop(DropReason reason, std::uint32_t source, std::uint32_t destination) {

@@ -24,13 +24,13 @@ std::uint8_t byte_of(std::uint16_t value, std::size_t index) noexcept {
 
 }  // namespace
 
-void FieldLog::remember(std::uint32_t field_sequence, std::uint16_t from, std::uint16_t to) noexcept {
+void FieldLog::remember(std::uint32_t byte_sequence, std::uint8_t from, std::uint8_t to) noexcept {
     if (used == kSize) {
-        // The oldest field leaves the log: resends before its end cannot be checked.
-        floor = sequence[next] + 2;
+        // The oldest byte leaves the log: resends before it cannot be checked.
+        floor = sequence[next] + 1;
         floor_set = true;
     }
-    sequence[next] = field_sequence;
+    sequence[next] = byte_sequence;
     original[next] = from;
     rewritten[next] = to;
     next = static_cast<std::uint8_t>((next + 1U) % kSize);
@@ -45,26 +45,26 @@ public:
         : follower_(follower), direction_(direction), bytes_(bytes), start_(start) {}
 
     void field(std::size_t offset, std::uint16_t value) override {
-        const std::uint16_t original = pptp::load_be16(bytes_.data() + offset);
-        const auto sequence = start_ + static_cast<std::uint32_t>(offset);
-        direction_.fields.remember(sequence, original, value);
-        for (std::size_t b = 0; b < 2; ++b) {
-            const std::uint8_t from = byte_of(original, b);
-            const std::uint8_t to = byte_of(value, b);
-            if (from == to) {
+        field_byte(offset, byte_of(value, 0));
+        field_byte(offset + 1, byte_of(value, 1));
+    }
+
+    void field_byte(std::size_t offset, std::uint8_t to) override {
+        const std::uint8_t from = bytes_[offset];
+        const auto at = start_ + static_cast<std::uint32_t>(offset);
+        direction_.fields.remember(at, from, to);
+        if (from == to) {
+            return;
+        }
+        for (Piece& piece : follower_.pieces_) {
+            if (!contains(piece.sequence, piece.end, at)) {
                 continue;
             }
-            for (Piece& piece : follower_.pieces_) {
-                const auto at = sequence + static_cast<std::uint32_t>(b);
-                if (!contains(piece.sequence, piece.end, at)) {
-                    continue;
-                }
-                const std::size_t index = piece.payload_offset + static_cast<std::size_t>(seq_diff(at, piece.sequence));
-                if (piece.tcp[index] == from) {
-                    pptp::patch_with_checksum(piece.tcp, index, std::span<const std::uint8_t>(&to, 1),
-                                              pptp::kTcpChecksumOffset);
-                    *piece.modified = true;
-                }
+            const std::size_t index = piece.payload_offset + static_cast<std::size_t>(seq_diff(at, piece.sequence));
+            if (piece.tcp[index] == from) {
+                pptp::patch_with_checksum(piece.tcp, index, std::span<const std::uint8_t>(&to, 1),
+                                          pptp::kTcpChecksumOffset);
+                *piece.modified = true;
             }
         }
     }
@@ -153,27 +153,83 @@ bool Follower::patch_resend(DirectionState& d, Piece& piece, bool& inconsistent)
     bool patched = false;
     const FieldLog& log = d.fields;
     for (std::size_t n = 0; n < log.used; ++n) {
-        for (std::size_t b = 0; b < 2; ++b) {
-            const auto at = log.sequence[n] + static_cast<std::uint32_t>(b);
-            if (!contains(piece.sequence, piece.end, at) || seq_diff(at, d.next_sequence) >= 0) {
-                continue;
-            }
-            const std::size_t index = piece.payload_offset + static_cast<std::size_t>(seq_diff(at, piece.sequence));
-            const std::uint8_t from = byte_of(log.original[n], b);
-            const std::uint8_t to = byte_of(log.rewritten[n], b);
-            if (piece.tcp[index] != from) {
-                inconsistent = true;  // other bytes than the first time, in a field
-                return patched;
-            }
-            if (from != to) {
-                pptp::patch_with_checksum(piece.tcp, index, std::span<const std::uint8_t>(&to, 1),
-                                          pptp::kTcpChecksumOffset);
-                *piece.modified = true;
-                patched = true;
-            }
+        const std::uint32_t at = log.sequence[n];
+        if (!contains(piece.sequence, piece.end, at) || seq_diff(at, d.next_sequence) >= 0) {
+            continue;
+        }
+        const std::size_t index = piece.payload_offset + static_cast<std::size_t>(seq_diff(at, piece.sequence));
+        if (piece.tcp[index] != log.original[n]) {
+            inconsistent = true;  // other bytes than the first time, in a field
+            return patched;
+        }
+        if (log.original[n] != log.rewritten[n]) {
+            pptp::patch_with_checksum(piece.tcp, index, std::span<const std::uint8_t>(&log.rewritten[n], 1),
+                                      pptp::kTcpChecksumOffset);
+            *piece.modified = true;
+            patched = true;
         }
     }
     return patched;
+}
+
+bool Follower::gather(DirectionState& d, std::uint64_t key, std::uint32_t& run_end) {
+    if (auto held = held_.find(key); held != held_.end()) {
+        for (Held& h : held->second) {
+            pieces_.push_back(Piece{h.sequence, h.end, std::span<std::uint8_t>(h.packet).subspan(h.tcp_offset),
+                                    h.payload_offset - h.tcp_offset, &h.modified});
+        }
+    }
+    run_end = d.next_sequence;
+    for (bool grew = true; grew;) {
+        grew = false;
+        for (const Piece& piece : pieces_) {
+            if (seq_diff(piece.sequence, run_end) <= 0 && seq_diff(piece.end, run_end) > 0) {
+                run_end = piece.end;
+                grew = true;
+            }
+        }
+    }
+    const auto run_length = static_cast<std::size_t>(seq_diff(run_end, d.next_sequence));
+    scratch_.assign(run_length, 0);
+    filled_.assign(run_length, 0);
+    for (const Piece& piece : pieces_) {
+        const std::uint32_t from = seq_diff(piece.sequence, d.next_sequence) > 0 ? piece.sequence : d.next_sequence;
+        const std::uint32_t to = seq_diff(piece.end, run_end) < 0 ? piece.end : run_end;
+        for (std::uint32_t at = from; seq_diff(to, at) > 0; ++at) {
+            const auto index = static_cast<std::size_t>(seq_diff(at, d.next_sequence));
+            const std::uint8_t value =
+                piece.tcp[piece.payload_offset + static_cast<std::size_t>(seq_diff(at, piece.sequence))];
+            if (filled_[index] != 0 && scratch_[index] != value) {
+                return false;  // two copies of the same bytes disagree
+            }
+            scratch_[index] = value;
+            filled_[index] = 1;
+        }
+    }
+    return true;
+}
+
+void Follower::release_taken(DirectionState& d, std::uint64_t key) {
+    // Release what the stream has now taken whole; what is left may go on
+    // cut at the stream position once its field wait is over.
+    auto held = held_.find(key);
+    if (held == held_.end()) {
+        return;
+    }
+    auto& list = held->second;
+    for (auto h = list.begin(); h != list.end();) {
+        if (seq_diff(h->end, d.next_sequence) <= 0) {
+            release(*h, true);
+            h = list.erase(h);
+        } else {
+            const std::int32_t before = seq_diff(d.next_sequence, h->sequence);
+            h->cut_at = before > 0 ? static_cast<std::size_t>(before) : 0;
+            ++h;
+        }
+    }
+    if (list.empty()) {
+        held_.erase(held);
+    }
 }
 
 Result Follower::take_payload(Flow& flow, std::uint64_t flow_id, std::size_t side, Segment& segment,
@@ -215,21 +271,11 @@ Result Follower::take_payload(Flow& flow, std::uint64_t flow_id, std::size_t sid
     // held ones that continue it.
     pieces_.clear();
     pieces_.push_back(current);
-    if (auto held = held_.find(key); held != held_.end()) {
-        for (Held& h : held->second) {
-            pieces_.push_back(Piece{h.sequence, h.end, std::span<std::uint8_t>(h.packet).subspan(h.tcp_offset),
-                                    h.payload_offset - h.tcp_offset, &h.modified});
-        }
-    }
-    std::uint32_t run_end = d.next_sequence;
-    for (bool grew = true; grew;) {
-        grew = false;
-        for (const Piece& piece : pieces_) {
-            if (seq_diff(piece.sequence, run_end) <= 0 && seq_diff(piece.end, run_end) > 0) {
-                run_end = piece.end;
-                grew = true;
-            }
-        }
+    std::uint32_t run_end = 0;
+    if (!gather(d, key, run_end)) {
+        release_all(key, false);
+        count(Event::InconsistentResend);
+        return drop(Event::InconsistentResend);
     }
     if (seq_diff(run_end, current.end) < 0) {
         // A gap before this segment: keep it until the gap fills.
@@ -239,26 +285,6 @@ Result Follower::take_payload(Flow& flow, std::uint64_t flow_id, std::size_t sid
         }
         count(Event::HoldOverflow);
         return drop(Event::HoldOverflow);
-    }
-    const auto run_length = static_cast<std::size_t>(seq_diff(run_end, d.next_sequence));
-    scratch_.assign(run_length, 0);
-    filled_.assign(run_length, 0);
-    for (const Piece& piece : pieces_) {
-        const std::uint32_t from = seq_diff(piece.sequence, d.next_sequence) > 0 ? piece.sequence : d.next_sequence;
-        const std::uint32_t to = seq_diff(piece.end, run_end) < 0 ? piece.end : run_end;
-        for (std::uint32_t at = from; seq_diff(to, at) > 0; ++at) {
-            const auto index = static_cast<std::size_t>(seq_diff(at, d.next_sequence));
-            const std::uint8_t value =
-                piece.tcp[piece.payload_offset + static_cast<std::size_t>(seq_diff(at, piece.sequence))];
-            if (filled_[index] != 0 && scratch_[index] != value) {
-                // Two copies of the same bytes disagree: neither goes on.
-                release_all(key, false);
-                count(Event::InconsistentResend);
-                return drop(Event::InconsistentResend);
-            }
-            scratch_[index] = value;
-            filled_[index] = 1;
-        }
     }
     const std::span<const std::uint8_t> bytes(scratch_);
     const std::size_t take = consumer.takeable(side, bytes);
@@ -272,25 +298,7 @@ Result Follower::take_payload(Flow& flow, std::uint64_t flow_id, std::size_t sid
     }
     d.next_sequence = start + static_cast<std::uint32_t>(take);
     d.data_taken = d.data_taken || take > 0;
-
-    // Release what the stream has now taken whole; what is left may go on cut
-    // at the stream position once its field wait is over.
-    if (auto held = held_.find(key); held != held_.end()) {
-        auto& list = held->second;
-        for (auto h = list.begin(); h != list.end();) {
-            if (seq_diff(h->end, d.next_sequence) <= 0) {
-                release(*h, true);
-                h = list.erase(h);
-            } else {
-                const std::int32_t before = seq_diff(d.next_sequence, h->sequence);
-                h->cut_at = before > 0 ? static_cast<std::size_t>(before) : 0;
-                ++h;
-            }
-        }
-        if (list.empty()) {
-            held_.erase(held);
-        }
-    }
+    release_taken(d, key);
     if (seq_diff(current.end, d.next_sequence) <= 0) {
         result.modified = current_modified;
         return result;
@@ -314,7 +322,7 @@ bool Follower::hold(std::uint64_t key, const Segment& segment, std::uint32_t end
     // A resend of a segment held already replaces it.
     for (auto it = list.begin(); it != list.end(); ++it) {
         if (it->sequence == segment.sequence && it->end == end) {
-            release(*it, false);
+            release(*it, false, Event::SegmentReplaced);
             list.erase(it);
             break;
         }
@@ -350,7 +358,7 @@ bool Follower::hold(std::uint64_t key, const Segment& segment, std::uint32_t end
     return true;
 }
 
-void Follower::release(Held& h, bool accept) {
+void Follower::release(Held& h, bool accept, Event dropped_as) {
     deferred_->release(
         h.packet_id, accept,
         accept && h.modified ? std::span<const std::uint8_t>(h.packet) : std::span<const std::uint8_t>());
@@ -358,7 +366,7 @@ void Follower::release(Held& h, bool accept) {
     if (auto host = held_per_host_.find(h.sender); host != held_per_host_.end() && --host->second == 0) {
         held_per_host_.erase(host);
     }
-    count(accept ? Event::SegmentReleased : Event::HeldDropped);
+    count(accept ? Event::SegmentReleased : dropped_as);
 }
 
 void Follower::release_all(std::uint64_t key, bool accept) {
@@ -395,6 +403,7 @@ void Follower::cut(Held& h) {
 
 std::size_t Follower::expire(Instant now) {
     std::size_t expired = 0;
+    at_field_.clear();
     for (auto it = held_.begin(); it != held_.end();) {
         auto& list = it->second;
         for (auto h = list.begin(); h != list.end();) {
@@ -409,6 +418,11 @@ std::size_t Follower::expire(Instant now) {
                 release(*h, true);
                 count(Event::SegmentCut);
                 h = list.erase(h);
+            } else if (now - h->since >= limits_.field_wait && !h->field_offered) {
+                // Nothing before it to cut: it may start at a field.
+                h->field_offered = true;
+                at_field_.push_back(it->first);
+                ++h;
             } else {
                 ++h;
             }
@@ -416,6 +430,25 @@ std::size_t Follower::expire(Instant now) {
         it = list.empty() ? held_.erase(it) : std::next(it);
     }
     return expired;
+}
+
+void Follower::take_field_start(Flow& flow, std::uint64_t flow_id, std::size_t side, StreamConsumer& consumer) {
+    DirectionState& d = flow.sides[side];
+    const std::uint64_t key = flow_id * 2 + side;
+    pieces_.clear();
+    std::uint32_t run_end = 0;
+    if (!d.synchronized || !gather(d, key, run_end) || scratch_.empty()) {
+        return;
+    }
+    const std::span<const std::uint8_t> bytes(scratch_);
+    Writer writer(*this, d, bytes, d.next_sequence);
+    const std::size_t taken = consumer.take_field_start(side, bytes, writer);
+    if (taken == 0) {
+        return;
+    }
+    d.next_sequence += static_cast<std::uint32_t>(taken);
+    d.data_taken = true;
+    release_taken(d, key);
 }
 
 }  // namespace stream

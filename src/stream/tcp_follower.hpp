@@ -19,13 +19,13 @@ namespace stream {
 
 using Instant = std::chrono::steady_clock::time_point;
 
-// Fields the consumer decided in one direction: a resend must carry the same
-// bytes there, and leaves with the same rewrite.
+// Bytes of fields the consumer decided in one direction: a resend must carry
+// the same bytes there, and leaves with the same rewrite.
 struct FieldLog {
-    static constexpr std::size_t kSize = 32;
-    std::array<std::uint32_t, kSize> sequence{};  // of the field's first byte
-    std::array<std::uint16_t, kSize> original{};
-    std::array<std::uint16_t, kSize> rewritten{};
+    static constexpr std::size_t kSize = 64;  // 32 two-byte fields
+    std::array<std::uint32_t, kSize> sequence{};
+    std::array<std::uint8_t, kSize> original{};
+    std::array<std::uint8_t, kSize> rewritten{};
     std::uint8_t next = 0;
     std::uint8_t used = 0;
     // Bytes before `floor` may hold fields the log no longer has (once
@@ -33,7 +33,7 @@ struct FieldLog {
     std::uint32_t floor = 0;
     bool floor_set = false;
 
-    void remember(std::uint32_t field_sequence, std::uint16_t from, std::uint16_t to) noexcept;
+    void remember(std::uint32_t byte_sequence, std::uint8_t from, std::uint8_t to) noexcept;
 };
 
 struct DirectionState {
@@ -75,6 +75,8 @@ public:
     // The two bytes at `offset` of the bytes being taken are a field that
     // leaves as `value` (which may be what is there already).
     virtual void field(std::size_t offset, std::uint16_t value) = 0;
+    // One byte of a field, decided alone (the other one is taken elsewhere).
+    virtual void field_byte(std::size_t offset, std::uint8_t value) = 0;
 };
 
 enum class Take : std::uint8_t {
@@ -90,6 +92,15 @@ public:
     // be taken now; the rest waits for more (a field is decided whole).
     [[nodiscard]] virtual std::size_t takeable(std::size_t side, std::span<const std::uint8_t> bytes) const = 0;
     virtual Take take(std::size_t side, std::span<const std::uint8_t> bytes, FieldWriter& fields) = 0;
+    // The stream waits at the start of a field whose first byte alone came,
+    // and the sender waits for its ACK before it sends the rest (Nagle):
+    // take that byte now if it can be decided alone. Returns bytes taken.
+    virtual std::size_t take_field_start(std::size_t side, std::span<const std::uint8_t> bytes, FieldWriter& fields) {
+        static_cast<void>(side);
+        static_cast<void>(bytes);
+        static_cast<void>(fields);
+        return 0;
+    }
 };
 
 // Verdicts of held segments, sent later by the netfilter layer. A non-empty
@@ -103,8 +114,9 @@ public:
 enum class Event : std::uint8_t {
     SegmentHeld,
     SegmentReleased,
-    HeldDropped,  // a held segment's verdict was a drop
-    SegmentCut,   // a held segment went on without its incomplete field's bytes
+    HeldDropped,      // a held segment's verdict was a drop
+    SegmentReplaced,  // a held segment gave way to its resend (dropped)
+    SegmentCut,       // a held segment went on without its incomplete field's bytes
     ResendPatched,
     ResetIgnored,  // an RST not at the next expected sequence number
     FinIgnored,    // a FIN not in order
@@ -166,6 +178,11 @@ public:
     void forget(std::uint64_t flow_id);
     // Held segments past their time: cut (field wait) or dropped (timeout).
     std::size_t expire(Instant now);
+    // Flow directions (flow id * 2 + side) whose held segment starts at a
+    // field and has waited its field wait: the caller offers each to
+    // take_field_start() below, with its consumer.
+    [[nodiscard]] const std::vector<std::uint64_t>& waiting_at_a_field() const noexcept { return at_field_; }
+    void take_field_start(Flow& flow, std::uint64_t flow_id, std::size_t side, StreamConsumer& consumer);
     [[nodiscard]] std::size_t held_segments() const noexcept { return held_total_; }
 
 private:
@@ -179,6 +196,7 @@ private:
         // Bytes from the start of the payload that may go on alone (those
         // before an incomplete field); 0 when held for a gap or nothing precedes.
         std::size_t cut_at = 0;
+        bool field_offered = false;  // offered to take_field_start() once
         std::size_t tcp_offset = 0;
         std::size_t payload_offset = 0;
         std::vector<std::uint8_t> packet;
@@ -194,10 +212,14 @@ private:
 
     Result take_payload(Flow& flow, std::uint64_t flow_id, std::size_t side, Segment& segment, StreamConsumer& consumer,
                         Instant now);
+    // The held pieces of a direction from its stream position on, copied in
+    // order into scratch_; false when two copies disagree.
+    bool gather(DirectionState& d, std::uint64_t key, std::uint32_t& run_end);
+    void release_taken(DirectionState& d, std::uint64_t key);
     bool patch_resend(DirectionState& d, Piece& piece, bool& inconsistent);
     bool hold(std::uint64_t key, const Segment& segment, std::uint32_t end, bool modified, std::size_t cut_at,
               Instant now);
-    void release(Held& h, bool accept);
+    void release(Held& h, bool accept, Event dropped_as = Event::HeldDropped);
     void release_all(std::uint64_t key, bool accept);
     static void cut(Held& h);
     void count(Event e) { events_.stream_event(e); }
@@ -213,6 +235,7 @@ private:
     std::vector<Piece> pieces_;
     std::vector<std::uint8_t> scratch_;
     std::vector<std::uint8_t> filled_;
+    std::vector<std::uint64_t> at_field_;
 };
 
 }  // namespace stream

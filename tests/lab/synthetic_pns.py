@@ -33,11 +33,14 @@ exceeds a 1500-byte MTU and leaves the host as IP fragments.
 """
 
 import argparse
+import fcntl
 import json
 import os
 import select
 import socket
+import struct
 import sys
+import termios
 import time
 
 if __package__ in (None, ""):
@@ -117,9 +120,23 @@ class Pns:
             self.sock.sendall(data[pos - start:c - start])
             self.res["segments_sent"] += 1
             pos = c
-            if c != end and self.a.split_delay:
+            if c != end and self.a.nagle:
+                self.wait_acknowledged()
+            elif c != end and self.a.split_delay:
                 time.sleep(self.a.split_delay)
         self.stream_pos = end
+
+    def wait_acknowledged(self):
+        """Classic Nagle (as Windows sends): nothing more until every byte
+        sent is acknowledged. A stall shows as an error."""
+        deadline = time.monotonic() + self.a.timeout
+        while True:
+            unacked = struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+            if unacked == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("Nagle sender stalled: %d bytes never acknowledged" % unacked)
+            time.sleep(0.01)
 
     def recv_msg(self, want, timeout=None):
         """Wait for a control message named ``want``; answer Echo-Requests.
@@ -299,6 +316,8 @@ def parse_args(argv=None):
     ap.add_argument("--split-at", default="",
                     help="comma list of stream offsets or MSG:offset")
     ap.add_argument("--split-delay", type=float, default=0.05)
+    ap.add_argument("--nagle", action="store_true",
+                    help="after each cut, wait until all sent bytes are acknowledged")
     ap.add_argument("--coalesce", action="store_true",
                     help="SCCRQ and OCRQ in one send()")
     ap.add_argument("--frame-size", type=int, default=0,

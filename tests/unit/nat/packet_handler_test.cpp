@@ -603,6 +603,94 @@ TEST_F(PacketHandlerTest, StreamPickedUpAfterRestart) {
     EXPECT_TRUE(gre_in(kServer, kPublic, 7).accept);
 }
 
+class RandomIdTest : public PacketHandlerTest {
+protected:
+    static TableConfig random_ids() {
+        TableConfig c;
+        c.call_id_allocation = CallIdAllocation::Random;
+        c.random_seed = 7;
+        return c;
+    }
+    RandomIdTest() : PacketHandlerTest(random_ids()) {}
+};
+
+TEST_F(RandomIdTest, ANagleSenderThatWaitsForItsAckInsideACallIdFieldDoesNotStall) {
+    // The client sends its request's first 13 bytes (one byte into the Call
+    // ID field) and the rest only once those are acknowledged, as classic
+    // Nagle does; its TCP resends the unacknowledged byte alone.
+    Flow f{kClient1, 40000};
+    open(f);
+    const Bytes request = ocrq(0x1234);
+    const std::uint32_t start = f.out_seq;
+    Bytes first =
+        tcp_packet(f.client, f.server, f.port, 1723, start, ACK | PSH, Bytes(request.begin(), request.begin() + 13));
+    ASSERT_TRUE(run(Direction::Outbound, first, 500).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();
+    ASSERT_EQ(deferred.entries.size(), 1u);
+    EXPECT_TRUE(deferred.entries[0].accept);
+    EXPECT_EQ(tcp_payload(deferred.entries[0].packet), Bytes(request.begin(), request.begin() + 12))
+        << "the bytes before the field go on alone";
+    Bytes resend = tcp_packet(f.client, f.server, f.port, 1723, start + 12, ACK | PSH, Bytes{request[12]});
+    ASSERT_TRUE(run(Direction::Outbound, resend, 501).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();
+    ASSERT_EQ(deferred.entries.size(), 2u);
+    ASSERT_TRUE(deferred.entries[1].accept);
+    const Bytes high = tcp_payload(deferred.entries[1].packet);
+    ASSERT_EQ(high.size(), 1u);
+    EXPECT_TRUE(tcp_checksum_ok(deferred.entries[1].packet));
+    // Now acknowledged, the client sends the rest: the low byte follows
+    // the high byte that went, and the two make the call's public Call ID.
+    Bytes rest =
+        tcp_packet(f.client, f.server, f.port, 1723, start + 13, ACK | PSH, Bytes(request.begin() + 13, request.end()));
+    const Verdict v = run(Direction::Outbound, rest);
+    ASSERT_TRUE(v.accept);
+    const Bytes low = tcp_payload(rest);
+    const auto sent = static_cast<std::uint16_t>(high[0] << 8 | low[0]);
+    ASSERT_EQ(table->call_count(), 1u);
+    const Call* call = nullptr;
+    table->for_each_call([&](const Call& c) { call = &c; });
+    EXPECT_EQ(call->inside_call_id, 0x1234);
+    EXPECT_EQ(call->public_call_id, sent);
+    EXPECT_NE(sent, 0x1234) << "random allocation rewrote it";
+    EXPECT_EQ(counters.get(EventCounter::control_call_id_fields_split), 1u);
+    // The server answers with the public Call ID; the client gets its own.
+    f.out_seq = start + static_cast<std::uint32_t>(request.size());
+    const Bytes reply = in(f, ocrp(300, sent));
+    EXPECT_EQ(get16(reply, 14), 0x1234);
+    Bytes gre;
+    EXPECT_TRUE(gre_in(kServer, kPublic, sent, &gre).accept);
+}
+
+TEST_F(RandomIdTest, ASplitFieldThatNamesNoCallIsNeutralised) {
+    Flow f{kClient1, 40000};
+    open(f);
+    const std::uint16_t pa = call(f, 0x0101, 300);
+    const Bytes clear = ccrq(0x0199);  // no call has this inside Call ID
+    const std::uint32_t start = f.out_seq;
+    Bytes head =
+        tcp_packet(f.client, f.server, f.port, 1723, start, ACK | PSH, Bytes(clear.begin(), clear.begin() + 13));
+    ASSERT_TRUE(run(Direction::Outbound, head, 600).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();
+    Bytes one = tcp_packet(f.client, f.server, f.port, 1723, start + 12, ACK | PSH, Bytes{clear[12]});
+    ASSERT_TRUE(run(Direction::Outbound, one, 601).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();
+    ASSERT_EQ(deferred.entries.size(), 2u);
+    const std::uint8_t high = tcp_payload(deferred.entries[1].packet)[0];
+    EXPECT_EQ(high, pa >> 8) << "the only call whose inside Call ID starts so";
+    Bytes rest =
+        tcp_packet(f.client, f.server, f.port, 1723, start + 13, ACK | PSH, Bytes(clear.begin() + 13, clear.end()));
+    EXPECT_TRUE(run(Direction::Outbound, rest).accept);
+    const auto sent = static_cast<std::uint16_t>(high << 8 | tcp_payload(rest)[0]);
+    EXPECT_NE(sent, pa) << "it names no call: not the one whose high byte it shares";
+    EXPECT_EQ(table->call_count(), 1u);
+    EXPECT_EQ(table->find_connection(ConnectionKey{kClient1, kServer, 40000, 1723})->calls[0]->state,
+              CallState::Established);
+}
+
 class SmallIdSpaceTest : public PacketHandlerTest {
 protected:
     static TableConfig one_id() {
