@@ -47,7 +47,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (kind == 0) {
             packet = in.ConsumeBytes<std::uint8_t>(in.ConsumeIntegralInRange<std::size_t>(0, 120));
         } else if (kind <= 5) {
-            const std::uint8_t flags = kind == 1 ? in.ConsumeIntegral<std::uint8_t>() : testpkt::ACK;
+            const std::uint8_t flags =
+                kind == 1 ? in.ConsumeIntegral<std::uint8_t>() : static_cast<std::uint8_t>(testpkt::ACK);
             const Bytes payload = in.ConsumeBytes<std::uint8_t>(in.ConsumeIntegralInRange<std::size_t>(0, 400));
             std::uint32_t& seq = f.seq[inbound ? 1 : 0];
             if (in.ConsumeIntegralInRange<int>(0, 7) == 0) {

@@ -691,6 +691,92 @@ TEST_F(RandomIdTest, ASplitFieldThatNamesNoCallIsNeutralised) {
               CallState::Established);
 }
 
+// Real peers' quirks, with the bytes they send.
+TEST_F(RandomIdTest, AccelPppsDisconnectNotifyNamesThePnsCallId) {
+    // accel-ppp (a PAC) fills Call-Disconnect-Notify's Call ID with the
+    // PNS's Call ID (peer_call_id) instead of its own.
+    Flow f{kClient1, 40000};
+    open(f);
+    const std::uint16_t pa = call(f, 7, 300);
+    Verdict v;
+    const Bytes got = in(f, cdn(pa), &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(get16(got, 12), 7) << "the client gets its own Call ID";
+    EXPECT_EQ(table->call_count(), 0u) << "and the call ends";
+    EXPECT_EQ(counters.get(EventCounter::control_call_ids_neutralised), 0u);
+}
+
+TEST_F(RandomIdTest, PptpLinuxAnswersAPacsClearRequestWithADisconnectNotify) {
+    // A PAC's Call-Clear-Request names the PNS's Call ID; pptp-linux answers
+    // it with a Call-Disconnect-Notify that repeats that Call ID. Neither is
+    // from the sender RFC 2637 names.
+    Flow f{kClient1, 40000};
+    open(f);
+    const std::uint16_t pa = call(f, 7, 300);
+    Verdict v;
+    const Bytes clear = in(f, ccrq(pa), &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(get16(clear, 12), 7);
+    const Bytes notify = out(f, cdn(7), &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(get16(notify, 12), pa);
+    EXPECT_EQ(table->call_count(), 0u);
+    EXPECT_EQ(counters.get(DropReason::control_wrong_sender), 0u);
+    EXPECT_EQ(counters.get(EventCounter::control_connections_reset), 0u);
+}
+
+TEST_F(RandomIdTest, MessagesAboutARefusedCallOrOneEndedLongAgoStillTranslate) {
+    Flow f{kClient1, 40000};
+    open(f);
+    // Twelve calls the server refuses, more than any fixed short list keeps.
+    std::vector<std::uint16_t> publics;
+    for (std::uint16_t id = 1; id <= 12; ++id) {
+        const Bytes sent = out(f, ocrq(id));
+        publics.push_back(get16(sent, 12));
+        const Bytes reply = in(f, ocrp(0, publics.back(), 3));  // result 3: busy
+        EXPECT_EQ(get16(reply, 14), id);
+    }
+    EXPECT_EQ(table->call_count(), 0u);
+    Verdict v;
+    const Bytes clear = out(f, ccrq(1), &v);  // a late clear of the first
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(get16(clear, 12), publics.front());
+    EXPECT_EQ(counters.get(EventCounter::control_call_ids_neutralised), 0u);
+}
+
+TEST_F(RandomIdTest, ARefusalThatRepeatsAnotherCallsIdRemovesOnlyItsOwnCall) {
+    Flow f{kClient1, 40000};
+    open(f);
+    const std::uint16_t pa = call(f, 7, 300);
+    for (const std::uint16_t refusal_id : {std::uint16_t{300}, std::uint16_t{0}}) {
+        const Bytes sent = out(f, ocrq(8));
+        const std::uint16_t pb = get16(sent, 12);
+        Verdict v;
+        const Bytes reply = in(f, ocrp(refusal_id, pb, 4), &v);  // result 4: do not accept
+        EXPECT_TRUE(v.accept);
+        EXPECT_EQ(get16(reply, 14), 8);
+        EXPECT_EQ(table->call_count(), 1u) << refusal_id;
+        EXPECT_TRUE(gre_in(kServer, kPublic, pa).accept) << "the first call lives";
+        Bytes out_gre;
+        EXPECT_TRUE(gre_out(kClient1, kServer, 300, &out_gre).accept) << "and keeps its GRE both ways";
+    }
+}
+
+TEST_F(RandomIdTest, CallsOfAConnectionPickedUpMidStreamAreNeutralisedNotReset) {
+    // The agent restarted: the connection is picked up at a message start,
+    // and a message about a call from before the restart names no call.
+    Flow f{kClient1, 40000};
+    Verdict v;
+    const Bytes clear = out(f, ccrq(4321), &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(get16(clear, 12), 0);
+    EXPECT_EQ(counters.get(EventCounter::control_connections_reset), 0u);
+    const Bytes notify = in(f, cdn(5555), &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(get16(notify, 12), 0);
+    EXPECT_NE(call(f, 9, 301), 0) << "a new call on it works";
+}
+
 class SmallIdSpaceTest : public PacketHandlerTest {
 protected:
     static TableConfig one_id() {
