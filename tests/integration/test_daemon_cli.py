@@ -138,10 +138,13 @@ class RuleInstaller(unittest.TestCase):
             self.assertEqual(sum("-j PPTP_FIXUP" in r for r in once), len(JUMP_TARGETS))
             lab.router_exec(argv[:-2] + ["--ports", "1723,1724", "--rules", RULES_FILE])
             self.assertEqual([r for r in ruleset(lab) if r.startswith("-A PPTP_FIXUP_CONTROL")],
+                             ["-A PPTP_FIXUP_CONTROL %s out0 -p tcp -m multiport --ports 1723,1724 "
+                              "-m conntrack --ctstate INVALID -j DROP" % way for way in ("-o", "-i")] +
                              ["-A PPTP_FIXUP_CONTROL %s out0 -p tcp -m conntrack --ctorigdstport %d "
                               "-j NFQUEUE --queue-num 5" % (way, port)
                               for way in ("-o", "-i") for port in (1723, 1724)],
-                             "one rule a port and a direction, for connections opened to the port")
+                             "INVALID segments of the ports dropped (no NAT, no original port), then one "
+                             "rule a port and a direction, for connections opened to the port")
             lab.router_exec([RULES_TOOL, "remove", "--rules", RULES_FILE])
             self.assertEqual(ruleset(lab), pristine, "remove restores the rule set exactly")
             lab.router_exec([RULES_TOOL, "remove", "--rules", RULES_FILE])

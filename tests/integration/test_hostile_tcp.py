@@ -15,9 +15,9 @@ check what the real peers and the agent do with them:
 - an Outgoing-Call-Request forged into a synthetic client's connection with
   a wrong TCP checksum counts for nothing (its Call ID never reaches the
   server), the same bytes with a correct checksum are translated, and a
-  resend of them with another Call ID is dropped (with the router's
-  nf_conntrack_checksum=0: by default conntrack marks the bad segment
-  INVALID before the queue, see the test);
+  resend of them with another Call ID is dropped; with conntrack's own
+  checksum check (the default) the fixup's rules drop the INVALID segment,
+  with nf_conntrack_checksum=0 the agent does;
 - behind a port forward to an inside PPTP server, 100 SYNs from 100 outside
   hosts do not lock out a real outside client (limits count the host that
   opened a connection), while one host's fifth connection is still refused.
@@ -114,6 +114,13 @@ for s in socks:
 
 def log(*a):
     print("    [hostile-tcp]", *a, flush=True)
+
+
+def invalid_drops(lab):
+    """Packets the fixup's INVALID rules in PPTP_FIXUP_CONTROL dropped."""
+    out = lab.router_exec(["iptables", "-w", "-t", "mangle", "-nvxL", "PPTP_FIXUP_CONTROL"]).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines()
+               if "DROP" in line and "INVALID" in line)
 
 
 def send_tcp(lab, role, segments):
@@ -390,14 +397,19 @@ class HostileTcp(unittest.TestCase):
 
     def test_bad_checksum_then_resend_with_another_call_id(self):
         # With conntrack's own checksum check on (the default) a segment
-        # with a bad checksum is INVALID in PREROUTING, so it never meets the
-        # queue rules (no conntrack entry, no --ctorigdstport) and the agent
-        # never sees it (the lab's own FORWARD accept sends it on
-        # untranslated). Here the router has that check off, so what stands
-        # between the segment and the server is the agent's own check.
+        # with a bad checksum is INVALID in PREROUTING: it has no conntrack
+        # entry, so no --ctorigdstport and no NAT, and the fixup's rules drop
+        # it (forwarded, it would leave with the inside address).
+        self.bad_checksum_case(conntrack_checks=True)
+
+    def test_bad_checksum_reaching_the_agent(self):
+        # With that check off, what stands between the segment and the
+        # server is the agent's own check.
+        self.bad_checksum_case(conntrack_checks=False)
+
+    def bad_checksum_case(self, conntrack_checks):
         with Lab(clients=2, mode="agent", **agent_hooks()) as lab:
-            lab.router_exec(["sysctl", "-q", "-w",
-                             "net.netfilter.nf_conntrack_checksum=0"])
+            lab.router_exec(["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_checksum=%d" % conntrack_checks])
             lab.start_pptpd()
             bpf = ["tcp", "port", str(PORT)]
             scap, spcap = lab.capture("server", bpf=bpf)
@@ -425,11 +437,16 @@ class HostileTcp(unittest.TestCase):
                                    data=P.ocrq(call_id),
                                    checksum_xor=checksum_xor)
                 counters0, drops0 = stats(lab)
+                invalid0 = invalid_drops(lab)
                 send_tcp(lab, "client2", [ocrq(777, checksum_xor=0x5A5A)])
-                self.assertTrue(wait_until(
-                    lambda: stats(lab)[1]["control_bad_tcp_checksum"] >
-                    drops0["control_bad_tcp_checksum"], 5),
-                    "the segment with a bad checksum never got to the agent")
+                if conntrack_checks:
+                    self.assertTrue(wait_until(lambda: invalid_drops(lab) > invalid0, 5),
+                                    "the fixup's rules did not drop the INVALID segment")
+                else:
+                    self.assertTrue(wait_until(
+                        lambda: stats(lab)[1]["control_bad_tcp_checksum"] >
+                        drops0["control_bad_tcp_checksum"], 5),
+                        "the segment with a bad checksum never got to the agent")
                 # The same bytes but Call ID: had the bad copy counted, this
                 # would be an inconsistent resend.
                 send_tcp(lab, "client2", [ocrq(taken)])
@@ -449,7 +466,7 @@ class HostileTcp(unittest.TestCase):
                 log("counters", grew(counters0, counters1), "dropped",
                     grew(drops0, drops1))
                 self.assertEqual(drops1["control_bad_tcp_checksum"] -
-                                 drops0["control_bad_tcp_checksum"], 1)
+                                 drops0["control_bad_tcp_checksum"], 0 if conntrack_checks else 1)
                 self.assertEqual(drops1["control_inconsistent_resend"] -
                                  drops0["control_inconsistent_resend"], 1)
             finally:
