@@ -39,7 +39,7 @@ CONFIG FILE
       queue = 0
       outside = eth1
       fixup-port = 1723
-      call-timeout = 600
+      call-timeout = 18000
   Options on the command line override the file.
 
 PRIVILEGES
@@ -77,13 +77,20 @@ FIXUP PORTS AT RUN TIME
   be inspected, so their Call IDs could not be kept consistent.
 
 CONTROL MESSAGES THAT BREAK RFC 2637
-  A bad header, a message out of state or from the wrong peer, a Call ID that
-  is not of the connection, or a version other than 1.0 is dropped (the TCP
-  segment that carries it) and counted per reason, and logged once per
-  connection per minute; --on-violation accept passes it on unchanged.
+  A broken framing, a refused call, and (--on-violation reset, the default) a
+  message out of state, from the wrong peer or of a version other than 1.0
+  end the control connection for both peers: an RST to each at the sequence
+  number it expects, no byte of it passes any more; counted per reason and
+  logged once per connection per minute. A Call ID that names no call of the
+  connection goes on set to 0. A segment with a bad TCP checksum is dropped;
+  an RST counts only at the next expected sequence number, a FIN only in
+  order, a SYN on a connection with data changes nothing; a resend with other
+  bytes in a Call ID field is dropped.
   A segment that ends inside a Call ID field, or that arrives after a gap, is
-  held (at most 8 segments / 16 KiB per direction of a connection, 4096 in
-  all, for 2 s) until the rest arrives, then sent on rewritten.
+  held (at most 8 segments / 16 KiB per direction of a connection, 64 per
+  host, 512 in all, for 2 s) until the rest arrives, then sent on rewritten;
+  after 200 ms one held for an incomplete field goes on cut before it, so a
+  sender that waits for an ACK (Nagle) sends the rest.
 
 SEE ALSO
   pptp-fixup-rules(8), RFC 2637.

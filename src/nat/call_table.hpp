@@ -136,8 +136,8 @@ struct ControlConnection {
     bool opened_from_outside = false;
     stream::Flow tcp;                        // sides indexed by Direction
     std::array<MessageCursor, 2> framing{};  // indexed by Direction
-    // State Reset: whether each side (by Direction of the segments it
-    // receives) has been sent its RST.
+    // State Reset: whether the peer that sends in each Direction has been
+    // sent its RST.
     std::array<bool, 2> reset_sent{};
     std::vector<Call*> calls;
     std::uint64_t messages = 0;

@@ -248,7 +248,12 @@ Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> pac
             return refuse_connection(source, destination);
         }
         if (!opening) {
-            conn->state = ConnectionState::Established;  // its start went by unseen
+            // Its start went by unseen, unless this is the start itself (a
+            // connection forgotten before its first message).
+            const auto type = pptp::load_be16(segment.data() + tcp->header_length + 8);
+            conn->state = type == static_cast<std::uint16_t>(pptp::ControlType::StartControlConnectionRequest)
+                              ? ConnectionState::TcpOnly
+                              : ConnectionState::Established;
         }
     }
     conn->last_activity = table_.now();

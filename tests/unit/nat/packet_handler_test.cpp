@@ -777,6 +777,22 @@ TEST_F(RandomIdTest, CallsOfAConnectionPickedUpMidStreamAreNeutralisedNotReset) 
     EXPECT_NE(call(f, 9, 301), 0) << "a new call on it works";
 }
 
+TEST_F(PacketHandlerTest, AConnectionPickedUpAtItsStartRequestStartsAfresh) {
+    // Forgotten before its first message (the setup timeout, a restart):
+    // its Start-Control-Connection-Request is a start, not a violation.
+    Flow f{kClient1, 40000};
+    Verdict v;
+    out(f, sccrq(), &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_FALSE(v.modified);
+    in(f, sccrp(), &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(table->find_connection(ConnectionKey{kClient1, kServer, 40000, 1723})->state,
+              ConnectionState::Established);
+    EXPECT_NE(call(f, 7, 300), 0);
+    EXPECT_EQ(counters.get(EventCounter::control_connections_reset), 0u);
+}
+
 class SmallIdSpaceTest : public PacketHandlerTest {
 protected:
     static TableConfig one_id() {
