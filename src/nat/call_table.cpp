@@ -380,11 +380,14 @@ void CallTable::remove_call(Call& call, TeardownReason reason) {
         counters_.add(EventCounter::calls_expired);
     }
     // Calls that end while their control connection may still carry
-    // messages about them (a half-closed connection, a stop in progress).
+    // messages about them (a half-closed connection, a stop in progress, a
+    // Call-Disconnect-Notify the other peer did not take for its call, as
+    // pptp-linux does not take accel-ppp's).
     const bool peers_may_still_talk = reason == TeardownReason::IdleTimeout || reason == TeardownReason::Cleared ||
                                       reason == TeardownReason::TcpFin ||
                                       reason == TeardownReason::StopControlConnection ||
-                                      reason == TeardownReason::CallRejected;
+                                      reason == TeardownReason::CallRejected ||
+                                      reason == TeardownReason::CallDisconnectNotify;
     if (peers_may_still_talk && call.inside_known) {
         auto& ended = call.connection->ended_calls;
         if (ended.size() >= std::max(ControlConnection::kEndedCallsKept, config_.max_calls_per_connection)) {
