@@ -84,8 +84,8 @@ CONTROL MESSAGES THAT BREAK RFC 2637
   logged once per connection per minute. A Call ID that names no call of the
   connection goes on set to 0. A segment with a bad TCP checksum is dropped;
   an RST counts only at the next expected sequence number, a FIN only in
-  order, a SYN on a connection with data changes nothing; a resend with other
-  bytes in a Call ID field is dropped.
+  order, a SYN on a connection with data changes nothing; a resend whose
+  bytes differ from the first copy is dropped.
   A segment that ends inside a Call ID field, or that arrives after a gap, is
   held (at most 8 segments / 16 KiB per direction of a connection, 64 per
   host, 512 in all, for 2 s) until the rest arrives, then sent on rewritten;

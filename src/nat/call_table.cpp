@@ -383,11 +383,10 @@ void CallTable::remove_call(Call& call, TeardownReason reason) {
     // messages about them (a half-closed connection, a stop in progress, a
     // Call-Disconnect-Notify the other peer did not take for its call, as
     // pptp-linux does not take accel-ppp's).
-    const bool peers_may_still_talk = reason == TeardownReason::IdleTimeout || reason == TeardownReason::Cleared ||
-                                      reason == TeardownReason::TcpFin ||
-                                      reason == TeardownReason::StopControlConnection ||
-                                      reason == TeardownReason::CallRejected ||
-                                      reason == TeardownReason::CallDisconnectNotify;
+    const bool peers_may_still_talk =
+        reason == TeardownReason::IdleTimeout || reason == TeardownReason::Cleared ||
+        reason == TeardownReason::TcpFin || reason == TeardownReason::StopControlConnection ||
+        reason == TeardownReason::CallRejected || reason == TeardownReason::CallDisconnectNotify;
     if (peers_may_still_talk && call.inside_known) {
         auto& ended = call.connection->ended_calls;
         if (ended.size() >= std::max(ControlConnection::kEndedCallsKept, config_.max_calls_per_connection)) {
@@ -445,7 +444,9 @@ std::size_t CallTable::expire() {
     std::vector<ControlConnection*> stale_connections;
     for (auto& [key, conn] : connections_) {
         const bool closed = conn.state == ConnectionState::Closed || conn.state == ConnectionState::Reset;
-        const bool opening = conn.state == ConnectionState::TcpOnly || conn.state == ConnectionState::WaitStartReply;
+        const bool confirmed = !conn.picked_up || (conn.tcp.sides[0].data_taken && conn.tcp.sides[1].data_taken);
+        const bool opening =
+            conn.state == ConnectionState::TcpOnly || conn.state == ConnectionState::WaitStartReply || !confirmed;
         if (closed    ? now - conn.last_activity >= config_.closing_linger
             : opening ? now - conn.created >= config_.control_setup_timeout
                       : now - conn.last_activity >= config_.control_idle_timeout) {

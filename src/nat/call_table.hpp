@@ -134,6 +134,10 @@ struct ControlConnection {
     // The host that opened it (the PNS side, normally): limits are its.
     std::uint32_t initiator_address = 0;
     bool opened_from_outside = false;
+    // Picked up mid-stream (no SYN seen): it counts as opening, with the
+    // short setup timeout, until both peers have sent data the agent took,
+    // so spoofed segments cannot fill the connection limits for an hour.
+    bool picked_up = false;
     stream::Flow tcp;                        // sides indexed by Direction
     std::array<MessageCursor, 2> framing{};  // indexed by Direction
     // State Reset: whether the peer that sends in each Direction has been

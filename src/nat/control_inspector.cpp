@@ -56,9 +56,9 @@ stream::Take ControlInspector::Binding::take(std::size_t side, std::span<const s
     return inspector_.take(conn_, static_cast<Direction>(side), bytes, fields);
 }
 
-std::size_t ControlInspector::Binding::take_field_start(std::size_t side, std::span<const std::uint8_t> bytes,
-                                                        stream::FieldWriter& fields) {
-    return inspector_.take_field_start(conn_, static_cast<Direction>(side), bytes, fields);
+stream::Take ControlInspector::Binding::take_field_start(std::size_t side, std::span<const std::uint8_t> bytes,
+                                                         stream::FieldWriter& fields, std::size_t& taken) {
+    return inspector_.take_field_start(conn_, static_cast<Direction>(side), bytes, fields, taken);
 }
 
 std::size_t ControlInspector::takeable(const MessageCursor& cursor, std::span<const std::uint8_t> bytes) {
@@ -164,7 +164,13 @@ stream::Take ControlInspector::take(ControlConnection& conn, Direction dir, std:
         const std::size_t region_end = pptp::call_id_region_end(header.spec);
         if (cursor.split && start_offset < region_end && end_offset >= region_end) {
             cursor.prefix[start_offset] = bytes[i];
-            finish_split_field(conn, dir, header, i, fields);
+            const Outcome done = finish_split_field(conn, dir, header, i, fields);
+            if (done.refuse) {
+                return stream::Take::Reset;  // refused() counted it
+            }
+            if (done.violation != DropReason::none && violated(done.violation, header.spec.name)) {
+                return reset(conn, done.violation, header.spec.name);
+            }
         } else if (region_end != 0 && start_offset < region_end && end_offset >= region_end) {
             Outcome decision = cursor.message_ignored ? translate_fields(conn, dir, header, cursor.prefix)
                                                       : decide_call_ids(conn, dir, header, cursor.prefix);
@@ -210,17 +216,27 @@ stream::Take ControlInspector::take(ControlConnection& conn, Direction dir, std:
     return stream::Take::Ok;
 }
 
-std::size_t ControlInspector::take_field_start(ControlConnection& conn, Direction dir,
-                                               std::span<const std::uint8_t> bytes, stream::FieldWriter& fields) {
+stream::Take ControlInspector::take_field_start(ControlConnection& conn, Direction dir,
+                                                std::span<const std::uint8_t> bytes, stream::FieldWriter& fields,
+                                                std::size_t& taken) {
+    taken = 0;
     MessageCursor& cursor = conn.framing[static_cast<std::size_t>(dir)];
-    if (bytes.empty() || cursor.message_length == 0 || cursor.message_offset != pptp::kHeaderSize || cursor.split ||
+    if (bytes.empty()) {
+        return stream::Take::Ok;
+    }
+    // Whatever cannot be decided byte by byte ends the connection: the sender
+    // waits for an ACK that would never come.
+    auto undecidable = [&](std::string_view what) {
+        return reset(conn, DropReason::control_call_id_undecidable, what);
+    };
+    if (cursor.message_length == 0 || cursor.message_offset != pptp::kHeaderSize || cursor.split ||
         cursor.message_ignored) {
-        return 0;
+        return undecidable("segment cut in a Call ID field");
     }
     const auto header =
         pptp::check_header(std::span<const std::uint8_t>(cursor.prefix).first(pptp::kHeaderSize)).header;
     if (pptp::call_id_region_end(header.spec) != pptp::kHeaderSize + 2) {
-        return 0;  // two fields (the replies): decided whole only
+        return undecidable(header.spec.name);  // two fields (the replies): decided whole only
     }
     const bool outbound = dir == Direction::Outbound;
     const bool own = header.spec.own_call_id_offset == pptp::kHeaderSize;
@@ -231,16 +247,21 @@ std::size_t ControlInspector::take_field_start(ControlConnection& conn, Directio
             // A new call: its public Call ID's high byte is decided now.
             const CallResult r = table_.create_call_from_inside_by_high_byte(conn, high);
             if (r.call == nullptr) {
-                return 0;  // no room: the segment waits and times out; the resend is refused whole
+                refused(conn, static_cast<std::uint16_t>(high << 8U), r.error);
+                return stream::Take::Reset;
             }
             r.call->outgoing = is(header, ControlType::OutgoingCallRequest);
             conn.pns_side = is(header, ControlType::OutgoingCallRequest) ? 0 : 1;
             cursor.message_call = r.call->id;
             sent = static_cast<std::uint8_t>(r.call->public_call_id >> 8U);
         }
-    } else if (outbound == own) {
-        // A value in the inside peer's space: every call it may name must
-        // translate to the same high byte; none at all is neutralised.
+    } else {
+        // Every call the value may name must translate to the same high
+        // byte; none at all is neutralised (to 0). Call-Clear-Request and
+        // Call-Disconnect-Notify may name either side's Call ID.
+        const bool either_id =
+            is(header, ControlType::CallClearRequest) || is(header, ControlType::CallDisconnectNotify);
+        const bool inside_space = outbound == own;
         std::optional<std::uint8_t> agreed;
         bool ambiguous = false;
         auto consider = [&](std::uint16_t from, std::uint16_t to) {
@@ -251,18 +272,32 @@ std::size_t ControlInspector::take_field_start(ControlConnection& conn, Directio
             ambiguous = ambiguous || (agreed && *agreed != to_high);
             agreed = to_high;
         };
-        for (const Call* call : conn.calls) {
-            if (call->inside_known) {
-                outbound ? consider(call->inside_call_id, call->public_call_id)
-                         : consider(call->public_call_id, call->inside_call_id);
+        auto consider_space = [&](bool inside_value) {
+            for (const Call* call : conn.calls) {
+                if (inside_value && call->inside_known) {
+                    outbound ? consider(call->inside_call_id, call->public_call_id)
+                             : consider(call->public_call_id, call->inside_call_id);
+                } else if (!inside_value && call->outside_known) {
+                    consider(call->outside_call_id, call->outside_call_id);
+                }
             }
-        }
-        for (const auto& ended : conn.ended_calls) {
-            outbound ? consider(ended.inside_call_id, ended.public_call_id)
-                     : consider(ended.public_call_id, ended.inside_call_id);
+            for (const auto& ended : conn.ended_calls) {
+                if (inside_value) {
+                    outbound ? consider(ended.inside_call_id, ended.public_call_id)
+                             : consider(ended.public_call_id, ended.inside_call_id);
+                } else if (ended.outside_known) {
+                    consider(ended.outside_call_id, ended.outside_call_id);
+                }
+            }
+        };
+        // As for a whole field: the sender's own Call ID first, the
+        // receiver's only if that names nothing.
+        consider_space(inside_space);
+        if (either_id && !agreed) {
+            consider_space(!inside_space);
         }
         if (ambiguous) {
-            return 0;
+            return undecidable(header.spec.name);
         }
         sent = agreed.value_or(0);
     }
@@ -272,14 +307,15 @@ std::size_t ControlInspector::take_field_start(ControlConnection& conn, Directio
     cursor.split = true;
     cursor.split_sent = sent;
     counters_.add(EventCounter::control_call_id_fields_split);
-    return 1;
+    taken = 1;
+    return stream::Take::Ok;
 }
 
 std::uint16_t ControlInspector::unused_value(const ControlConnection& conn, Direction dir, std::uint8_t high) const {
     const bool outbound = dir == Direction::Outbound;
     for (std::uint32_t low = 0; low < 256; ++low) {
         const auto value = static_cast<std::uint16_t>(static_cast<std::uint32_t>(high) << 8U | low);
-        const bool named = outbound ? (table_.find_by_public_id(conn, value) != nullptr ||
+        const bool named = outbound ? (table_.find_inbound(conn.key.outside_address, value) != nullptr ||
                                        CallTable::find_ended(conn, false, true, value) != nullptr)
                                     : (table_.find_by_inside_id(conn, value) != nullptr ||
                                        CallTable::find_ended(conn, true, false, value) != nullptr);
@@ -290,31 +326,47 @@ std::uint16_t ControlInspector::unused_value(const ControlConnection& conn, Dire
     return static_cast<std::uint16_t>(static_cast<std::uint32_t>(high) << 8U);
 }
 
-void ControlInspector::finish_split_field(ControlConnection& conn, Direction dir, const pptp::ControlHeader& header,
-                                          std::size_t at, stream::FieldWriter& fields) {
+ControlInspector::Outcome ControlInspector::finish_split_field(ControlConnection& conn, Direction dir,
+                                                               const pptp::ControlHeader& header, std::size_t at,
+                                                               stream::FieldWriter& fields) {
     MessageCursor& cursor = conn.framing[static_cast<std::size_t>(dir)];
     const std::uint16_t original = pptp::load_be16(cursor.prefix.data() + pptp::kHeaderSize);
     std::uint16_t value = original;
+    Outcome d;
     if (Call* reserved = cursor.message_call == 0 ? nullptr : table_.find_call(cursor.message_call)) {
         table_.complete_inside_id(*reserved, original);  // the request's new call
         value = reserved->public_call_id;
+        d.call = reserved->id;
     } else {
-        const Outcome d = decide_call_ids(conn, dir, header, cursor.prefix);
-        cursor.message_call = d.call;
-        cursor.message_ignored = cursor.message_ignored || d.ignore || d.violation != DropReason::none;
+        d = decide_call_ids(conn, dir, header, cursor.prefix);
+        if (d.refuse || (d.violation != DropReason::none && policy_ == ViolationPolicy::Reset)) {
+            return d;  // the caller resets
+        }
+        if (d.violation != DropReason::none) {
+            d = translate_fields(conn, dir, header, cursor.prefix);  // passed on by policy
+            cursor.message_ignored = true;
+        }
+        cursor.message_ignored = cursor.message_ignored || d.ignore;
         if (d.rewrite_count > 0) {
             value = d.rewrites[0].value;
         }
     }
+    cursor.message_call = d.call;
     if ((value >> 8U) != cursor.split_sent) {
         // What went first does not lead to this call: make the whole name
         // no call at all.
+        const bool counted = value == 0;  // translate_fields neutralised it already
         value = unused_value(conn, dir, cursor.split_sent);
         cursor.message_ignored = true;
-        counters_.add(EventCounter::control_call_ids_neutralised);
+        if (!counted) {
+            counters_.add(EventCounter::control_call_ids_neutralised);
+        }
     }
     fields.field_byte(at, static_cast<std::uint8_t>(value & 0xFFU));
     counters_.add(EventCounter::control_call_ids_rewritten);
+    Outcome ok;
+    ok.call = d.call;
+    return ok;
 }
 
 ControlInspector::Outcome ControlInspector::check_message_start(ControlConnection& conn, Direction dir,
@@ -490,7 +542,11 @@ ControlInspector::Outcome ControlInspector::translate_fields(ControlConnection& 
         // A call that ended while the peers may still talk about it.
         const auto* ended = inside_value ? CallTable::find_ended(conn, outbound, !outbound, value)
                                          : CallTable::find_ended(conn, false, false, value);
-        if (ended != nullptr) {
+        // Its public Call ID may have gone to another call at that peer since:
+        // then it names that call, not this one.
+        const bool reused = ended != nullptr && outbound && inside_value &&
+                            table_.find_inbound(conn.key.outside_address, ended->public_call_id) != nullptr;
+        if (ended != nullptr && !reused) {
             counters_.add(EventCounter::control_messages_of_ended_calls);
             d.ignore = true;  // no call to change
             if (inside_value) {

@@ -53,8 +53,8 @@ public:
         Binding(ControlInspector& inspector, ControlConnection& conn) : inspector_(inspector), conn_(conn) {}
         [[nodiscard]] std::size_t takeable(std::size_t side, std::span<const std::uint8_t> bytes) const override;
         stream::Take take(std::size_t side, std::span<const std::uint8_t> bytes, stream::FieldWriter& fields) override;
-        std::size_t take_field_start(std::size_t side, std::span<const std::uint8_t> bytes,
-                                     stream::FieldWriter& fields) override;
+        stream::Take take_field_start(std::size_t side, std::span<const std::uint8_t> bytes,
+                                      stream::FieldWriter& fields, std::size_t& taken) override;
 
     private:
         ControlInspector& inspector_;
@@ -86,12 +86,12 @@ private:
     [[nodiscard]] static std::size_t takeable(const MessageCursor& cursor, std::span<const std::uint8_t> bytes);
     stream::Take take(ControlConnection& conn, Direction dir, std::span<const std::uint8_t> bytes,
                       stream::FieldWriter& fields);
-    std::size_t take_field_start(ControlConnection& conn, Direction dir, std::span<const std::uint8_t> bytes,
-                                 stream::FieldWriter& fields);
+    stream::Take take_field_start(ControlConnection& conn, Direction dir, std::span<const std::uint8_t> bytes,
+                                  stream::FieldWriter& fields, std::size_t& taken);
     // The second byte of a split field: the whole decision, made to agree
     // with the first byte that went already.
-    void finish_split_field(ControlConnection& conn, Direction dir, const pptp::ControlHeader& header, std::size_t at,
-                            stream::FieldWriter& fields);
+    Outcome finish_split_field(ControlConnection& conn, Direction dir, const pptp::ControlHeader& header,
+                               std::size_t at, stream::FieldWriter& fields);
     // A value with the given high byte that names no call in the receiver's
     // Call ID space on this connection.
     [[nodiscard]] std::uint16_t unused_value(const ControlConnection& conn, Direction dir, std::uint8_t high) const;

@@ -46,6 +46,7 @@ namespace nat {
     X(control_bad_tcp_checksum)     \
     X(control_inconsistent_resend)  \
     X(control_resend_beyond_log)    \
+    X(control_window_overflow)      \
     X(control_unframed_stream)      \
     X(control_bad_length)           \
     X(control_not_control_message)  \
@@ -58,6 +59,7 @@ namespace nat {
     X(control_hold_overflow)        \
     X(control_hold_timeout)         \
     X(control_unknown_call_id)      \
+    X(control_call_id_undecidable)  \
     X(control_connection_limit)     \
     X(call_limit)                   \
     X(call_limit_per_host)          \

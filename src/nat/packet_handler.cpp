@@ -29,11 +29,18 @@ DropReason drop_reason_for(stream::Event e) noexcept {
         case stream::Event::BadChecksum: return DropReason::control_bad_tcp_checksum;
         case stream::Event::InconsistentResend: return DropReason::control_inconsistent_resend;
         case stream::Event::ResendBeyondLog: return DropReason::control_resend_beyond_log;
+        case stream::Event::WindowOverflow: return DropReason::control_window_overflow;
         default: return DropReason::control_hold_overflow;
     }
 }
 
 constexpr std::uint8_t kTcpRst = 0x04;
+
+TeardownReason refusal_reason(DropReason why) noexcept {
+    const bool refusal = why == DropReason::call_limit || why == DropReason::call_limit_per_host ||
+                         why == DropReason::call_id_space_exhausted;
+    return refusal ? TeardownReason::CallRefused : TeardownReason::ProtocolViolation;
+}
 constexpr std::uint8_t kTcpAck = 0x10;
 
 }  // namespace
@@ -86,6 +93,7 @@ void PacketHandler::stream_event(stream::Event event) {
         case stream::Event::BadChecksum:
         case stream::Event::InconsistentResend:
         case stream::Event::ResendBeyondLog:
+        case stream::Event::WindowOverflow:
         case stream::Event::HoldOverflow: break;
     }
 }
@@ -97,7 +105,10 @@ std::size_t PacketHandler::expire_held() {
     for (const std::uint64_t key : follower_.waiting_at_a_field()) {
         if (ControlConnection* conn = table_.find_connection(key / 2); conn != nullptr) {
             auto consumer = inspector_.bind(*conn);
-            follower_.take_field_start(conn->tcp, conn->id, key % 2, consumer);
+            if (follower_.take_field_start(conn->tcp, conn->id, key % 2, consumer) == stream::Take::Reset) {
+                // No segment to make an RST of: the next one of each peer is.
+                enter_reset(*conn, refusal_reason(inspector_.reset_reason()));
+            }
         }
     }
     return expired;
@@ -248,6 +259,7 @@ Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> pac
             return refuse_connection(source, destination);
         }
         if (!opening) {
+            conn->picked_up = true;
             // Its start went by unseen, unless this is the start itself (a
             // connection forgotten before its first message).
             const auto type = pptp::load_be16(segment.data() + tcp->header_length + 8);
@@ -282,6 +294,7 @@ Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> pac
     seg.rst = tcp->rst;
     seg.ack = tcp->ack;
     seg.packet_id = packet_id;
+    seg.owner = conn->initiator_address;  // a server behind a port forward holds in its clients' shares
     auto consumer = inspector_.bind(*conn);
     const stream::Result r = follower_.segment(conn->tcp, conn->id, index, seg, consumer, table_.now());
     if (r.action == stream::Result::Action::Drop) {
@@ -291,11 +304,12 @@ Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> pac
         return Verdict{true, false, true, 0, DropReason::none};
     }
     if (r.reset_requested) {
-        const DropReason why = inspector_.reset_reason();
-        const bool refusal = why == DropReason::call_limit || why == DropReason::call_limit_per_host ||
-                             why == DropReason::call_id_space_exhausted;
         return start_reset(*conn, dir, packet, ip_header_length, r.receiver_expects,
-                           refusal ? TeardownReason::CallRefused : TeardownReason::ProtocolViolation);
+                           refusal_reason(inspector_.reset_reason()));
+    }
+    if (r.strip_payload) {
+        const std::size_t length = strip_segment(packet, ip_header_length, kTcpAck, tcp->sequence);
+        return Verdict{true, true, false, length, DropReason::none};
     }
     if (r.reset_by_peer || r.finished) {
         table_.close_connection(*conn, r.reset_by_peer ? TeardownReason::TcpReset : TeardownReason::TcpFin);
@@ -306,14 +320,18 @@ Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> pac
     return Verdict{true, r.modified, false, 0, DropReason::none};
 }
 
-Verdict PacketHandler::start_reset(ControlConnection& conn, Direction dir, std::span<std::uint8_t> packet,
-                                   std::size_t tcp_offset, std::uint32_t sequence, TeardownReason reason) {
+void PacketHandler::enter_reset(ControlConnection& conn, TeardownReason reason) {
     table_.close_connection(conn, reason);
     follower_.forget(conn.id);
     conn.state = ConnectionState::Reset;
     conn.reset_sent = {};
-    conn.reset_sent[1 - static_cast<std::size_t>(dir)] = true;
     counters_.add(EventCounter::control_connections_reset);
+}
+
+Verdict PacketHandler::start_reset(ControlConnection& conn, Direction dir, std::span<std::uint8_t> packet,
+                                   std::size_t tcp_offset, std::uint32_t sequence, TeardownReason reason) {
+    enter_reset(conn, reason);
+    conn.reset_sent[1 - static_cast<std::size_t>(dir)] = true;
     // Nothing of the segment goes on: it becomes an RST at exactly the
     // sequence number its receiver expects, which RFC 5961 stacks take.
     const std::size_t length = strip_segment(packet, tcp_offset, kTcpRst | kTcpAck, sequence);

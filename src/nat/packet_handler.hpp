@@ -69,6 +69,8 @@ private:
     // segments are answered so that both ends reset (see reset_segment).
     Verdict start_reset(ControlConnection& conn, Direction dir, std::span<std::uint8_t> packet, std::size_t tcp_offset,
                         std::uint32_t sequence, TeardownReason reason);
+    // The connection ends; no byte of it passes from now on (reset_segment).
+    void enter_reset(ControlConnection& conn, TeardownReason reason);
     Verdict reset_segment(ControlConnection& conn, Direction dir, std::span<std::uint8_t> packet,
                           std::size_t tcp_offset, const pptp::TcpHeader& tcp);
     void stream_event(stream::Event event) override;

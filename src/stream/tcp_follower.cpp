@@ -24,17 +24,25 @@ std::uint8_t byte_of(std::uint16_t value, std::size_t index) noexcept {
 
 }  // namespace
 
-void FieldLog::remember(std::uint32_t byte_sequence, std::uint8_t from, std::uint8_t to) noexcept {
-    if (used == kSize) {
-        // The oldest byte leaves the log: resends before it cannot be checked.
-        floor = sequence[next] + 1;
-        floor_set = true;
+void Follower::acknowledged(DirectionState& d, std::uint32_t ack) noexcept {
+    Unacknowledged& sent = d.sent;
+    if (!d.synchronized || seq_diff(ack, sent.acknowledged) <= 0 || seq_diff(ack, d.next_sequence) > 0) {
+        return;
     }
-    sequence[next] = byte_sequence;
-    original[next] = from;
-    rewritten[next] = to;
-    next = static_cast<std::uint8_t>((next + 1U) % kSize);
-    used = static_cast<std::uint8_t>(std::min<std::size_t>(used + 1U, kSize));
+    sent.acknowledged = ack;
+    // Forget acknowledged bytes beyond the history, a chunk at a time.
+    const auto acked = static_cast<std::size_t>(seq_diff(ack, sent.base));
+    if (acked <= 2 * kHistory) {
+        return;
+    }
+    const std::size_t done = acked - kHistory;
+    sent.bytes.erase(sent.bytes.begin(), sent.bytes.begin() + static_cast<std::ptrdiff_t>(done));
+    sent.base += static_cast<std::uint32_t>(done);
+    const std::uint32_t base = sent.base;
+    auto first_kept =
+        std::find_if(sent.field_bytes.begin(), sent.field_bytes.end(),
+                     [base](const Unacknowledged::FieldByte& f) { return seq_diff(f.sequence, base) >= 0; });
+    sent.field_bytes.erase(sent.field_bytes.begin(), first_kept);
 }
 
 // Writes the consumer's field decisions into the log and into every piece
@@ -52,7 +60,7 @@ public:
     void field_byte(std::size_t offset, std::uint8_t to) override {
         const std::uint8_t from = bytes_[offset];
         const auto at = start_ + static_cast<std::uint32_t>(offset);
-        direction_.fields.remember(at, from, to);
+        direction_.sent.field_bytes.push_back(Unacknowledged::FieldByte{at, to});
         if (from == to) {
             return;
         }
@@ -86,7 +94,7 @@ void Follower::pick_up(Flow& flow, std::size_t side, std::uint32_t sequence) noe
     DirectionState& d = flow.sides[side];
     d = DirectionState{};
     d.synchronized = true;
-    d.next_sequence = sequence;
+    d.stream_start = d.next_sequence = d.sent.base = d.sent.acknowledged = sequence;
 }
 
 Result Follower::segment(Flow& flow, std::uint64_t flow_id, std::size_t side, Segment& segment,
@@ -106,16 +114,21 @@ Result Follower::segment(Flow& flow, std::uint64_t flow_id, std::size_t side, Se
     if (segment.ack) {
         d.last_ack = segment.acknowledgement;
         d.ack_known = true;
+        acknowledged(flow.sides[1 - side], segment.acknowledgement);
     }
     if (segment.syn) {
-        // A SYN (or SYN-ACK) once data has flowed is no new stream: the
-        // endpoint answers it with a challenge ACK and keeps its connection.
-        if (flow.data_seen()) {
+        // Only the first SYN (or its resend) opens a direction. Another one,
+        // or any once data has flowed, is no new stream: the endpoint answers
+        // it with a challenge ACK and keeps its connection.
+        if (d.synchronized && d.isn_known && segment.sequence + 1 == d.stream_start) {
+            return result;
+        }
+        if (d.synchronized || flow.data_seen()) {
             count(Event::SynIgnored);
             return result;
         }
-        release_all(flow_id * 2 + side, false);
         pick_up(flow, side, segment.sequence + 1);
+        d.isn_known = true;
         if (segment.ack) {
             d.last_ack = segment.acknowledgement;
             d.ack_known = true;
@@ -149,27 +162,34 @@ Result Follower::segment(Flow& flow, std::uint64_t flow_id, std::size_t side, Se
     return result;
 }
 
-bool Follower::patch_resend(DirectionState& d, Piece& piece, bool& inconsistent) {
-    bool patched = false;
-    const FieldLog& log = d.fields;
-    for (std::size_t n = 0; n < log.used; ++n) {
-        const std::uint32_t at = log.sequence[n];
-        if (!contains(piece.sequence, piece.end, at) || seq_diff(at, d.next_sequence) >= 0) {
-            continue;
-        }
+Follower::Resend Follower::patch_resend(DirectionState& d, Piece& piece) {
+    const Unacknowledged& sent = d.sent;
+    if (seq_diff(piece.end, sent.base) <= 0) {
+        return Resend::Forgotten;  // acknowledged long ago: its receiver has it
+    }
+    if (seq_diff(piece.sequence, sent.base) < 0) {
+        return Resend::Different;  // partly beyond what can be checked
+    }
+    const std::uint32_t to = seq_diff(piece.end, d.next_sequence) < 0 ? piece.end : d.next_sequence;
+    for (std::uint32_t at = piece.sequence; seq_diff(to, at) > 0; ++at) {
         const std::size_t index = piece.payload_offset + static_cast<std::size_t>(seq_diff(at, piece.sequence));
-        if (piece.tcp[index] != log.original[n]) {
-            inconsistent = true;  // other bytes than the first time, in a field
-            return patched;
-        }
-        if (log.original[n] != log.rewritten[n]) {
-            pptp::patch_with_checksum(piece.tcp, index, std::span<const std::uint8_t>(&log.rewritten[n], 1),
-                                      pptp::kTcpChecksumOffset);
-            *piece.modified = true;
-            patched = true;
+        if (piece.tcp[index] != sent.bytes[static_cast<std::size_t>(seq_diff(at, sent.base))]) {
+            return Resend::Different;
         }
     }
-    return patched;
+    for (const auto& field : sent.field_bytes) {
+        if (!contains(piece.sequence, to, field.sequence)) {
+            continue;
+        }
+        const std::size_t index =
+            piece.payload_offset + static_cast<std::size_t>(seq_diff(field.sequence, piece.sequence));
+        if (piece.tcp[index] != field.to) {
+            pptp::patch_with_checksum(piece.tcp, index, std::span<const std::uint8_t>(&field.to, 1),
+                                      pptp::kTcpChecksumOffset);
+            *piece.modified = true;
+        }
+    }
+    return Resend::Same;
 }
 
 bool Follower::gather(DirectionState& d, std::uint64_t key, std::uint32_t& run_end) {
@@ -209,16 +229,18 @@ bool Follower::gather(DirectionState& d, std::uint64_t key, std::uint32_t& run_e
     return true;
 }
 
-void Follower::release_taken(DirectionState& d, std::uint64_t key) {
+bool Follower::release_taken(DirectionState& d, std::uint64_t key) {
     // Release what the stream has now taken whole; what is left may go on
     // cut at the stream position once its field wait is over.
     auto held = held_.find(key);
     if (held == held_.end()) {
-        return;
+        return false;
     }
+    bool fin = false;
     auto& list = held->second;
     for (auto h = list.begin(); h != list.end();) {
         if (seq_diff(h->end, d.next_sequence) <= 0) {
+            fin = fin || (h->fin && h->end == d.next_sequence);
             release(*h, true);
             h = list.erase(h);
         } else {
@@ -230,6 +252,7 @@ void Follower::release_taken(DirectionState& d, std::uint64_t key) {
     if (list.empty()) {
         held_.erase(held);
     }
+    return fin;
 }
 
 Result Follower::take_payload(Flow& flow, std::uint64_t flow_id, std::size_t side, Segment& segment,
@@ -248,18 +271,25 @@ Result Follower::take_payload(Flow& flow, std::uint64_t flow_id, std::size_t sid
     Piece current{segment.sequence, segment.sequence + size, segment.packet.subspan(segment.tcp_offset),
                   segment.payload_offset - segment.tcp_offset, &current_modified};
     if (seq_diff(segment.sequence, d.next_sequence) < 0) {
-        // A resend: its field bytes must be what went first, and leave as then.
-        if (d.fields.floor_set && seq_diff(segment.sequence, d.fields.floor) < 0) {
-            count(Event::ResendBeyondLog);
+        // A resend: what the receiver has not acknowledged must be what went
+        // first, and leaves as then.
+        if (d.isn_known && seq_diff(segment.sequence, d.stream_start) < 0) {
+            count(Event::ResendBeyondLog);  // before the stream began
             return drop(Event::ResendBeyondLog);
         }
-        bool inconsistent = false;
-        if (patch_resend(d, current, inconsistent)) {
-            count(Event::ResendPatched);
-        }
-        if (inconsistent) {
+        const Resend resend = patch_resend(d, current);
+        if (resend == Resend::Different) {
             count(Event::InconsistentResend);
             return drop(Event::InconsistentResend);
+        }
+        if (resend == Resend::Forgotten) {
+            // Nothing of it can be checked, and its receiver has it all: it
+            // goes on without its bytes (and draws the ACK it asks for).
+            result.strip_payload = true;
+            return result;
+        }
+        if (current_modified) {
+            count(Event::ResendPatched);
         }
     }
     if (seq_diff(current.end, d.next_sequence) <= 0) {
@@ -287,6 +317,10 @@ Result Follower::take_payload(Flow& flow, std::uint64_t flow_id, std::size_t sid
         return drop(Event::HoldOverflow);
     }
     const std::span<const std::uint8_t> bytes(scratch_);
+    if (static_cast<std::size_t>(seq_diff(d.next_sequence, d.sent.acknowledged)) + bytes.size() > kMaxUnacknowledged) {
+        count(Event::WindowOverflow);
+        return drop(Event::WindowOverflow);
+    }
     const std::size_t take = consumer.takeable(side, bytes);
     const std::uint32_t start = d.next_sequence;
     Writer writer(*this, d, bytes, start);
@@ -296,9 +330,10 @@ Result Follower::take_payload(Flow& flow, std::uint64_t flow_id, std::size_t sid
         result.receiver_expects = start;
         return result;
     }
+    d.sent.bytes.insert(d.sent.bytes.end(), bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(take));
     d.next_sequence = start + static_cast<std::uint32_t>(take);
     d.data_taken = d.data_taken || take > 0;
-    release_taken(d, key);
+    result.finished = release_taken(d, key);
     if (seq_diff(current.end, d.next_sequence) <= 0) {
         result.modified = current_modified;
         return result;
@@ -331,7 +366,8 @@ bool Follower::hold(std::uint64_t key, const Segment& segment, std::uint32_t end
     for (const auto& h : list) {
         bytes += h.packet.size();
     }
-    const auto host = held_per_host_.find(segment.source);
+    const std::uint32_t owner = segment.owner != 0 ? segment.owner : segment.source;
+    const auto host = held_per_host_.find(owner);
     const std::size_t of_host = host == held_per_host_.end() ? 0 : host->second;
     if (held_total_ >= limits_.segments_total || of_host >= limits_.segments_per_host ||
         list.size() >= limits_.segments_per_direction || bytes > limits_.bytes_per_direction) {
@@ -344,7 +380,8 @@ bool Follower::hold(std::uint64_t key, const Segment& segment, std::uint32_t end
     h.packet_id = segment.packet_id;
     h.sequence = segment.sequence;
     h.end = end;
-    h.sender = segment.source;
+    h.sender = owner;
+    h.fin = segment.fin;
     h.since = now;
     h.modified = modified;
     h.cut_at = cut_at;
@@ -353,7 +390,7 @@ bool Follower::hold(std::uint64_t key, const Segment& segment, std::uint32_t end
     h.packet.assign(segment.packet.begin(), segment.packet.end());
     list.push_back(std::move(h));
     ++held_total_;
-    ++held_per_host_[segment.source];
+    ++held_per_host_[owner];
     count(Event::SegmentHeld);
     return true;
 }
@@ -432,23 +469,29 @@ std::size_t Follower::expire(Instant now) {
     return expired;
 }
 
-void Follower::take_field_start(Flow& flow, std::uint64_t flow_id, std::size_t side, StreamConsumer& consumer) {
+Take Follower::take_field_start(Flow& flow, std::uint64_t flow_id, std::size_t side, StreamConsumer& consumer) {
     DirectionState& d = flow.sides[side];
     const std::uint64_t key = flow_id * 2 + side;
     pieces_.clear();
     std::uint32_t run_end = 0;
     if (!d.synchronized || !gather(d, key, run_end) || scratch_.empty()) {
-        return;
+        return Take::Ok;
     }
     const std::span<const std::uint8_t> bytes(scratch_);
     Writer writer(*this, d, bytes, d.next_sequence);
-    const std::size_t taken = consumer.take_field_start(side, bytes, writer);
-    if (taken == 0) {
-        return;
+    std::size_t taken = 0;
+    if (consumer.take_field_start(side, bytes, writer, taken) == Take::Reset) {
+        forget(flow_id);
+        return Take::Reset;
     }
+    if (taken == 0) {
+        return Take::Ok;
+    }
+    d.sent.bytes.insert(d.sent.bytes.end(), bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(taken));
     d.next_sequence += static_cast<std::uint32_t>(taken);
     d.data_taken = true;
     release_taken(d, key);
+    return Take::Ok;
 }
 
 }  // namespace stream

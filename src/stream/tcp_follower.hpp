@@ -19,30 +19,31 @@ namespace stream {
 
 using Instant = std::chrono::steady_clock::time_point;
 
-// Bytes of fields the consumer decided in one direction: a resend must carry
-// the same bytes there, and leaves with the same rewrite.
-struct FieldLog {
-    static constexpr std::size_t kSize = 64;  // 32 two-byte fields
-    std::array<std::uint32_t, kSize> sequence{};
-    std::array<std::uint8_t, kSize> original{};
-    std::array<std::uint8_t, kSize> rewritten{};
-    std::uint8_t next = 0;
-    std::uint8_t used = 0;
-    // Bytes before `floor` may hold fields the log no longer has (once
-    // `floor_set`): a resend of them cannot be checked.
-    std::uint32_t floor = 0;
-    bool floor_set = false;
-
-    void remember(std::uint32_t byte_sequence, std::uint8_t from, std::uint8_t to) noexcept;
+// What one direction sent, as the first copy had it, and the field bytes the
+// consumer decided there: a resend must carry the same bytes ("first copy
+// wins", as stream normalisers have it) and leaves with the same rewrites.
+// Bytes the receiver acknowledged go once more than kHistory are kept; a
+// resend of bytes older than that leaves without them.
+struct Unacknowledged {
+    struct FieldByte {
+        std::uint32_t sequence;
+        std::uint8_t to;
+    };
+    std::uint32_t base = 0;              // sequence number of bytes[0]
+    std::uint32_t acknowledged = 0;      // the receiver's ACK, base <= it <= the stream position
+    std::vector<std::uint8_t> bytes;     // originals, from base to the stream position
+    std::vector<FieldByte> field_bytes;  // in stream order
 };
 
 struct DirectionState {
     bool synchronized = false;        // next_sequence is known
     bool data_taken = false;          // some bytes of this direction were taken
+    bool isn_known = false;           // opened by a SYN the follower saw
+    std::uint32_t stream_start = 0;   // ISN + 1, or where the stream was picked up
     std::uint32_t next_sequence = 0;  // the first byte not taken yet
     std::uint32_t last_ack = 0;       // the ACK number this side sent last
     bool ack_known = false;
-    FieldLog fields;
+    Unacknowledged sent;
 };
 
 // Both directions of one connection, indexed by side (0 or 1).
@@ -65,6 +66,9 @@ struct Segment {
     bool rst = false;
     bool ack = false;
     std::uint32_t packet_id = 0;  // names the packet for a later verdict if it is held
+    // Whose share of held segments it takes (e.g. the host that opened the
+    // connection); the source address when 0.
+    std::uint32_t owner = 0;
     [[nodiscard]] std::size_t payload_size() const noexcept { return packet.size() - payload_offset; }
 };
 
@@ -94,12 +98,15 @@ public:
     virtual Take take(std::size_t side, std::span<const std::uint8_t> bytes, FieldWriter& fields) = 0;
     // The stream waits at the start of a field whose first byte alone came,
     // and the sender waits for its ACK before it sends the rest (Nagle):
-    // take that byte now if it can be decided alone. Returns bytes taken.
-    virtual std::size_t take_field_start(std::size_t side, std::span<const std::uint8_t> bytes, FieldWriter& fields) {
+    // take that byte now (`taken` = 1) if it can be decided alone, or ask
+    // for a reset if the field can never be decided so (no stall).
+    virtual Take take_field_start(std::size_t side, std::span<const std::uint8_t> bytes, FieldWriter& fields,
+                                  std::size_t& taken) {
         static_cast<void>(side);
         static_cast<void>(bytes);
         static_cast<void>(fields);
-        return 0;
+        taken = 0;
+        return Take::Ok;
     }
 };
 
@@ -117,13 +124,14 @@ enum class Event : std::uint8_t {
     HeldDropped,      // a held segment's verdict was a drop
     SegmentReplaced,  // a held segment gave way to its resend (dropped)
     SegmentCut,       // a held segment went on without its incomplete field's bytes
+    WindowOverflow,   // more unacknowledged bytes than the follower keeps
     ResendPatched,
     ResetIgnored,  // an RST not at the next expected sequence number
     FinIgnored,    // a FIN not in order
     SynIgnored,    // a SYN on a connection that carries data
     BadChecksum,
     InconsistentResend,  // bytes sent again with other content
-    ResendBeyondLog,     // a resend older than the field log reaches
+    ResendBeyondLog,     // bytes before the stream's start
     HoldOverflow,
     HoldTimeout,
 };
@@ -154,6 +162,7 @@ struct Result {
     Event drop_event = Event::BadChecksum;  // Drop: why
     bool reset_requested = false;           // the consumer refused the bytes: end the connection
     bool reset_by_peer = false;             // an RST at exactly the next expected sequence number
+    bool strip_payload = false;             // Forward without the payload: a resend of long-acknowledged bytes
     bool finished = false;                  // an in-order FIN
     // The stream position the receiver of this segment expects next, for an
     // RST the caller may make of it.
@@ -182,7 +191,9 @@ public:
     // field and has waited its field wait: the caller offers each to
     // take_field_start() below, with its consumer.
     [[nodiscard]] const std::vector<std::uint64_t>& waiting_at_a_field() const noexcept { return at_field_; }
-    void take_field_start(Flow& flow, std::uint64_t flow_id, std::size_t side, StreamConsumer& consumer);
+    // Take::Reset: the consumer wants the connection ended; its held
+    // segments are dropped already.
+    Take take_field_start(Flow& flow, std::uint64_t flow_id, std::size_t side, StreamConsumer& consumer);
     [[nodiscard]] std::size_t held_segments() const noexcept { return held_total_; }
 
 private:
@@ -197,6 +208,7 @@ private:
         // before an incomplete field); 0 when held for a gap or nothing precedes.
         std::size_t cut_at = 0;
         bool field_offered = false;  // offered to take_field_start() once
+        bool fin = false;
         std::size_t tcp_offset = 0;
         std::size_t payload_offset = 0;
         std::vector<std::uint8_t> packet;
@@ -215,14 +227,24 @@ private:
     // The held pieces of a direction from its stream position on, copied in
     // order into scratch_; false when two copies disagree.
     bool gather(DirectionState& d, std::uint64_t key, std::uint32_t& run_end);
-    void release_taken(DirectionState& d, std::uint64_t key);
-    bool patch_resend(DirectionState& d, Piece& piece, bool& inconsistent);
+    // True when a released segment carried the FIN that ends the stream now.
+    bool release_taken(DirectionState& d, std::uint64_t key);
+    static void acknowledged(DirectionState& d, std::uint32_t ack) noexcept;
+    enum class Resend : std::uint8_t { Same, Different, Forgotten };
+    // A resend against the first copy.
+    Resend patch_resend(DirectionState& d, Piece& piece);
     bool hold(std::uint64_t key, const Segment& segment, std::uint32_t end, bool modified, std::size_t cut_at,
               Instant now);
     void release(Held& h, bool accept, Event dropped_as = Event::HeldDropped);
     void release_all(std::uint64_t key, bool accept);
     static void cut(Held& h);
     void count(Event e) { events_.stream_event(e); }
+
+    // Unacknowledged bytes kept per direction; beyond, a segment is dropped
+    // (TCP resends it once ACKs make room). A whole TCP window unscaled.
+    static constexpr std::size_t kMaxUnacknowledged = 65535;
+    // Acknowledged bytes kept for resends that come late.
+    static constexpr std::size_t kHistory = 16384;
 
     HoldLimits limits_;
     EventSink& events_;

@@ -990,4 +990,347 @@ TEST_F(PerHostLimitTest, ExtraConnectionsOfOneHostAreRefused) {
     EXPECT_TRUE(run(Direction::Outbound, other_host).accept);
 }
 
+// ===== Review tests (throwaway) =====
+
+// Once a bug, found by an adversarial review: a second SYN before any data re-synchronises the direction at any
+// sequence number; every byte the client then sends is a "resend" and goes
+// out uninspected.
+TEST_F(RandomIdTest, ASecondSynBeforeDataMovesNothing) {
+    Flow b{kClient2, 40000};
+    open(b);
+    const std::uint16_t pb = call(b, 0x0201, 301);
+    Flow a{kClient1, 40001};
+    handshake(a);
+    // A second SYN, 1000 bytes ahead (inside the server's window), before any data.
+    Bytes syn2 = tcp_packet(a.client, a.server, a.port, 1723, a.out_seq - 1 + 1000, SYN, {});
+    ASSERT_TRUE(run(Direction::Outbound, syn2).accept);
+    // The agent is fed a start request at the new position (the server only queues it out of order).
+    Bytes visible = tcp_packet(a.client, a.server, a.port, 1723, a.out_seq + 1000, ACK | PSH, sccrq());
+    ASSERT_TRUE(run(Direction::Outbound, visible).accept);
+    in(a, sccrp());
+    // What the server reads first: bytes the agent takes for resends.
+    Bytes real = tcp_packet(a.client, a.server, a.port, 1723, a.out_seq, ACK | PSH, concat({ocrq(0x0101), ccrq(pb)}));
+    const Verdict v = run(Direction::Outbound, real);
+    ASSERT_TRUE(v.accept);
+    EXPECT_EQ(counters.get(EventCounter::tcp_syns_ignored), 1u) << "the second SYN moved nothing";
+    // The stream is the one the SYN opened: its first bytes are inspected
+    // (an OCRQ before any start request ends the connection), none leaks.
+    const Bytes sent = tcp_payload(real);
+    ASSERT_TRUE(sent.empty()) << "inspected bytes of a connection that must be reset went on";
+    EXPECT_EQ(counters.get(EventCounter::control_connections_reset), 1u);
+    EXPECT_EQ(table->call_count(), 1u);
+    EXPECT_NE(pb, 0);
+}
+
+// Once a bug, found by an adversarial review: a resend is checked only at logged field bytes: other bytes (framing)
+// may differ, so a receiver that did not get the first copy sees messages the
+// agent never inspected.
+TEST_F(RandomIdTest, AResendWithOtherFramingIsDropped) {
+    Flow f{kClient1, 40000};
+    open(f);
+    const std::uint16_t pa = call(f, 0x0101, 300);
+    ASSERT_NE(pa, 0x0101);
+    const std::uint32_t seq = f.out_seq;
+    out(f, concat({echo_request(1), echo_request(2)}));  // no field: nothing logged
+    Bytes resend =
+        tcp_packet(f.client, f.server, f.port, 1723, seq, ACK | PSH, concat({ccrq(0x0101), echo_request(2)}));
+    const Verdict v = run(Direction::Outbound, resend);
+    EXPECT_FALSE(v.accept && get16(tcp_payload(resend), 12) == 0x0101)
+        << "inside Call ID 0x0101 of a mapped call (public " << pa << ") left untranslated";
+}
+
+// Once a bug, found by an adversarial review: fields left unrewritten (the outside peer's Call IDs) are not logged.
+TEST_F(PacketHandlerTest, AResendMayNotChangeAFieldLeftAsItWas) {
+    Flow f{kClient1, 40000};
+    open(f);
+    call(f, 7, 300);
+    const std::uint32_t seq = f.out_seq;
+    out(f, sli(300));
+    Bytes resend = tcp_packet(f.client, f.server, f.port, 1723, seq, ACK | PSH, sli(0xBEEF));
+    const Verdict v = run(Direction::Outbound, resend);
+    EXPECT_FALSE(v.accept) << "resend with other bytes in a decided field passed: " << std::hex
+                           << get16(tcp_payload(resend), 12);
+}
+
+// Once a bug, found by an adversarial review: more than 32 Call ID fields in flight: the resend of the first
+// segment is dropped for ever.
+TEST_F(PacketHandlerTest, AResendWithManyFieldsInFlightStillGoesOn) {
+    Flow f{kClient1, 40000};
+    open(f);
+    for (std::uint16_t i = 0; i < 33; ++i) {
+        call(f, static_cast<std::uint16_t>(0x100 + i), static_cast<std::uint16_t>(500 + i));
+    }
+    Bytes seg1, seg2;
+    for (std::uint16_t i = 0; i < 16; ++i) seg1 = concat({seg1, ccrq(static_cast<std::uint16_t>(0x100 + i))});
+    for (std::uint16_t i = 16; i < 33; ++i) seg2 = concat({seg2, ccrq(static_cast<std::uint16_t>(0x100 + i))});
+    const std::uint32_t seq1 = f.out_seq;
+    out(f, seg1);
+    out(f, seg2);
+    // seg1 was lost beyond the agent: the client resends it, again and again.
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        Bytes again = tcp_packet(f.client, f.server, f.port, 1723, seq1, ACK | PSH, seg1);
+        const Verdict v = run(Direction::Outbound, again);
+        EXPECT_TRUE(v.accept) << "attempt " << attempt << ": " << drop_reason_name(v.reason);
+    }
+}
+
+// Once a bug, found by an adversarial review: one packet per spoofed outside address, no handshake, creates an
+// Established connection that lives control_idle_timeout; the global limit
+// then refuses every other user.
+class SmallConnectionLimitTest : public PacketHandlerTest {
+protected:
+    static TableConfig cfg() {
+        TableConfig c;
+        c.max_connections = 4;
+        return c;
+    }
+    SmallConnectionLimitTest() : PacketHandlerTest(cfg()) {}
+};
+TEST_F(SmallConnectionLimitTest, SpoofedMidStreamSegmentsDoNotLockAnyoneOut) {
+    constexpr std::uint32_t kInsideServer = 0xC6120064;  // behind a port forward
+    for (std::uint32_t i = 0; i < 4; ++i) {
+        Bytes p = tcp_packet(0x0A000001 + i, kInsideServer, 5555, 1723, 12345, ACK | PSH, echo_request(1));
+        EXPECT_TRUE(run(Direction::Inbound, p).accept);
+    }
+    clock.advance(std::chrono::seconds(31));
+    table->expire();
+    clock.advance(std::chrono::seconds(600));
+    table->expire();
+    Bytes syn = tcp_packet(kClient1, kServer, 40000, 1723, 1, SYN, {});
+    const Verdict v = run(Direction::Outbound, syn);
+    EXPECT_TRUE(v.accept) << "an inside client is refused 631 s later: " << drop_reason_name(v.reason)
+                          << ", connections " << table->connection_count();
+}
+
+// Once a bug, found by an adversarial review: a split field that names no call is "neutralised" to a value that is
+// another connection's public Call ID at the same server.
+TEST_F(PacketHandlerTest, ANeutralisedSplitFieldNamesNoOtherConnectionsCall) {
+    Flow b{kClient2, 40000};
+    open(b);
+    const std::uint16_t pb = call(b, 0x0100, 301);
+    ASSERT_EQ(pb, 0x0100);
+    Flow a{kClient1, 40000};
+    open(a);
+    ASSERT_EQ(call(a, 0x0105, 300), 0x0105);
+    const Bytes clear = ccrq(0x0107);  // names no call
+    const std::uint32_t start = a.out_seq;
+    Bytes head =
+        tcp_packet(a.client, a.server, a.port, 1723, start, ACK | PSH, Bytes(clear.begin(), clear.begin() + 13));
+    ASSERT_TRUE(run(Direction::Outbound, head, 900).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();
+    Bytes one = tcp_packet(a.client, a.server, a.port, 1723, start + 12, ACK | PSH, Bytes{clear[12]});
+    ASSERT_TRUE(run(Direction::Outbound, one, 901).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();
+    ASSERT_EQ(deferred.entries.size(), 2u);
+    const std::uint8_t high =
+        deferred.entries[1].packet.empty() ? clear[12] : tcp_payload(deferred.entries[1].packet)[0];
+    Bytes rest =
+        tcp_packet(a.client, a.server, a.port, 1723, start + 13, ACK | PSH, Bytes(clear.begin() + 13, clear.end()));
+    ASSERT_TRUE(run(Direction::Outbound, rest).accept);
+    const auto sent = static_cast<std::uint16_t>(high << 8 | tcp_payload(rest)[0]);
+    EXPECT_NE(sent, pb) << "A's Call-Clear-Request left naming B's call " << std::hex << pb;
+    EXPECT_EQ(counters.get(EventCounter::control_call_ids_neutralised), 1u) << "one field neutralised";
+}
+
+// Once a bug, found by an adversarial review: two calls whose inside IDs share a high byte but whose public IDs do
+// not: a strict-Nagle clear of one stalls for ever.
+TEST_F(RandomIdTest, AnUndecidableSplitFieldResetsInsteadOfStalling) {
+    Flow f{kClient1, 40000};
+    open(f);
+    const std::uint16_t p1 = call(f, 0x0101, 300);
+    const std::uint16_t p2 = call(f, 0x0102, 301);
+    ASSERT_NE(p1 >> 8, p2 >> 8);
+    const Bytes clear = ccrq(0x0101);
+    const std::uint32_t start = f.out_seq;
+    Bytes head =
+        tcp_packet(f.client, f.server, f.port, 1723, start, ACK | PSH, Bytes(clear.begin(), clear.begin() + 13));
+    ASSERT_TRUE(run(Direction::Outbound, head, 900).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();  // cut: 12 bytes go
+    // Its first byte alone names two calls with public Call IDs of
+    // different high bytes: undecidable, so the connection is reset.
+    Bytes one = tcp_packet(f.client, f.server, f.port, 1723, start + 12, ACK | PSH, Bytes{clear[12]});
+    ASSERT_TRUE(run(Direction::Outbound, one, 1000).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();
+    EXPECT_EQ(counters.get(DropReason::control_call_id_undecidable), 1u);
+    EXPECT_EQ(counters.get(EventCounter::control_connections_reset), 1u);
+    EXPECT_EQ(table->call_count(), 0u);
+    EXPECT_EQ(counters.get(DropReason::control_hold_timeout), 0u) << "no stall";
+}
+
+// Once a bug, found by an adversarial review: a call request refused in the split-field path is counted and logged
+// as refused but the connection is not reset; the request passes.
+class OneCallLimitTest : public PacketHandlerTest {
+protected:
+    static TableConfig cfg() {
+        TableConfig c;
+        c.max_calls_per_connection = 1;
+        return c;
+    }
+    OneCallLimitTest() : PacketHandlerTest(cfg()) {}
+};
+TEST_F(OneCallLimitTest, ARefusalInTheSplitPathResets) {
+    Flow f{kClient1, 40000};
+    open(f);
+    call(f, 7, 300);
+    const Bytes request = icrq(0x0400);  // from the outside PAC
+    const std::uint32_t start = f.in_seq;
+    Bytes head =
+        tcp_packet(f.server, f.client, 1723, f.port, start, ACK | PSH, Bytes(request.begin(), request.begin() + 13));
+    ASSERT_TRUE(run(Direction::Inbound, head, 900).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();
+    Bytes one = tcp_packet(f.server, f.client, 1723, f.port, start + 12, ACK | PSH, Bytes{request[12]});
+    ASSERT_TRUE(run(Direction::Inbound, one, 901).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();
+    Bytes rest =
+        tcp_packet(f.server, f.client, 1723, f.port, start + 13, ACK | PSH, Bytes(request.begin() + 13, request.end()));
+    const Verdict v = run(Direction::Inbound, rest);
+    EXPECT_EQ(counters.get(DropReason::call_limit), 1u);
+    EXPECT_EQ(counters.get(EventCounter::control_connections_reset), 1u)
+        << "refusal counted, but the connection was not reset; verdict accept=" << v.accept << " length=" << v.length;
+}
+
+// Once a bug, found by an adversarial review: accel-ppp's Call-Disconnect-Notify (PNS's Call ID) split in the
+// field: neutralised instead of ending the call.
+TEST_F(RandomIdTest, ASplitAccelPppDisconnectNotifyEndsTheCall) {
+    Flow f{kClient1, 40000};
+    open(f);
+    const std::uint16_t pa = call(f, 7, 300);
+    ASSERT_NE(pa >> 8, 0);
+    const Bytes notify = cdn(pa);
+    const std::uint32_t start = f.in_seq;
+    Bytes head =
+        tcp_packet(f.server, f.client, 1723, f.port, start, ACK | PSH, Bytes(notify.begin(), notify.begin() + 13));
+    ASSERT_TRUE(run(Direction::Inbound, head, 900).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();
+    Bytes one = tcp_packet(f.server, f.client, 1723, f.port, start + 12, ACK | PSH, Bytes{notify[12]});
+    ASSERT_TRUE(run(Direction::Inbound, one, 901).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();
+    Bytes rest =
+        tcp_packet(f.server, f.client, 1723, f.port, start + 13, ACK | PSH, Bytes(notify.begin() + 13, notify.end()));
+    ASSERT_TRUE(run(Direction::Inbound, rest).accept);
+    EXPECT_EQ(table->call_count(), 0u) << "the whole-field path ends the call; split, it was neutralised ("
+                                       << counters.get(EventCounter::control_call_ids_neutralised) << ")";
+}
+
+// Once a bug, found by an adversarial review: a FIN on a segment that was held (reordered) is never seen.
+TEST_F(PacketHandlerTest, TheFinOfAHeldSegmentClosesWhenItGoesOn) {
+    Flow f{kClient1, 40000};
+    open(f);
+    call(f, 7, 300);
+    const std::uint32_t seq = f.out_seq;
+    Bytes second = tcp_packet(f.client, f.server, f.port, 1723, seq + 16, ACK | FIN, echo_request(2));
+    ASSERT_TRUE(run(Direction::Outbound, second, 900).held);
+    Bytes first = tcp_packet(f.client, f.server, f.port, 1723, seq, ACK | PSH, echo_request(1));
+    ASSERT_TRUE(run(Direction::Outbound, first).accept);
+    ASSERT_EQ(deferred.entries.size(), 1u);
+    EXPECT_TRUE(deferred.entries[0].accept);
+    EXPECT_EQ(table->find_connection(ConnectionKey{kClient1, kServer, 40000, 1723})->state, ConnectionState::Closed)
+        << "the in-order FIN went on but the connection and its call stay (calls: " << table->call_count() << ")";
+}
+
+// Once a bug, found by an adversarial review: held segments count against the *sender*: outside client O1 makes
+// the inside server's segments fill its per-host budget; O2's connection to
+// that server can then hold nothing.
+TEST_F(PacketHandlerTest, HoldsOfAServerBehindAPortForwardCountAgainstItsClients) {
+    constexpr std::uint32_t kInsideServer = 0xC6120064;
+    auto key_flow = [&](std::uint32_t outside, std::uint16_t port, std::uint32_t seq_base) {
+        Bytes syn = tcp_packet(outside, kInsideServer, port, 1723, seq_base - 1, SYN, {});
+        EXPECT_TRUE(run(Direction::Inbound, syn).accept);
+        Bytes synack = tcp_packet(kInsideServer, outside, 1723, port, 90000 - 1, SYN | ACK, {});
+        EXPECT_TRUE(run(Direction::Outbound, synack).accept);
+    };
+    const std::uint32_t kO1 = 0x0A000001, kO2 = 0x0A000002;
+    for (std::uint16_t c = 0; c < 8; ++c) {
+        key_flow(kO1, static_cast<std::uint16_t>(6000 + c), 1000);
+        for (std::uint32_t h = 0; h < 8; ++h) {
+            Bytes p = tcp_packet(kInsideServer, kO1, 1723, static_cast<std::uint16_t>(6000 + c), 90000 + 100 + h * 20,
+                                 ACK | PSH, Bytes(10, 0));
+            EXPECT_TRUE(run(Direction::Outbound, p).held);
+        }
+    }
+    key_flow(kO2, 7000, 1000);
+    Bytes p = tcp_packet(kInsideServer, kO2, 1723, 7000, 90000 + 100, ACK | PSH, Bytes(10, 0));
+    const Verdict v = run(Direction::Outbound, p);
+    EXPECT_TRUE(v.held) << "O2's connection can hold nothing: " << drop_reason_name(v.reason);
+}
+
+// Once a bug, found by an adversarial review: an ended call's public ID is free at once for another connection,
+// while the first connection keeps translating to it.
+TEST_F(PacketHandlerTest, AnEndedCallsReusedPublicIdIsNotNamed) {
+    Flow a{kClient1, 40000};
+    Flow b{kClient2, 40000};
+    open(a);
+    open(b);
+    const Bytes sent = out(a, ocrq(5));
+    ASSERT_EQ(get16(sent, 12), 5);
+    in(a, ocrp(0, 5, 3));  // refused: kept as an ended call
+    ASSERT_EQ(call(b, 5, 301), 5) << "B now owns public 5 at this server";
+    Verdict v;
+    const Bytes clear = out(a, ccrq(5), &v);
+    EXPECT_NE(get16(clear, 12), 5) << "A's late clear names B's live call";
+}
+
+// Once a bug, found by an adversarial review: a split call request that cannot get a call: no reset, the 1-byte
+// resend is held and dropped for ever, counted only as hold timeouts.
+TEST_F(OneCallLimitTest, ARefusedSplitRequestResets) {
+    Flow f{kClient1, 40000};
+    open(f);
+    call(f, 7, 300);
+    const Bytes request = ocrq(0x0400);
+    const std::uint32_t start = f.out_seq;
+    Bytes head =
+        tcp_packet(f.client, f.server, f.port, 1723, start, ACK | PSH, Bytes(request.begin(), request.begin() + 13));
+    ASSERT_TRUE(run(Direction::Outbound, head, 900).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();
+    Bytes one = tcp_packet(f.client, f.server, f.port, 1723, start + 12, ACK | PSH, Bytes{request[12]});
+    ASSERT_TRUE(run(Direction::Outbound, one).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();
+    EXPECT_EQ(counters.get(DropReason::call_limit), 1u);
+    EXPECT_EQ(counters.get(EventCounter::control_connections_reset), 1u)
+        << "call_limit=" << counters.get(DropReason::call_limit)
+        << " hold_timeouts=" << counters.get(DropReason::control_hold_timeout);
+}
+
+// Once a bug, found by an adversarial review: a strict-Nagle sender whose segment ends inside a reply's Call ID
+// region (bytes 12..15): the cut leaves 2 bytes that are never taken.
+TEST_F(PacketHandlerTest, AReplyCutInsideItsCallIdsResetsInsteadOfStalling) {
+    Flow f{kClient1, 40000};
+    open(f);
+    const Bytes request = in(f, icrq(300));  // the outside PAC's incoming call
+    const Bytes reply = icrp(7, 300);
+    const std::uint32_t start = f.out_seq;
+    Bytes head =
+        tcp_packet(f.client, f.server, f.port, 1723, start, ACK | PSH, Bytes(reply.begin(), reply.begin() + 14));
+    ASSERT_TRUE(run(Direction::Outbound, head, 900).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();  // cut before byte 12
+    // Bytes 12..13 alone cannot be decided (the reply's two fields go
+    // together): the connection is reset rather than left to stall.
+    Bytes rest2 = tcp_packet(f.client, f.server, f.port, 1723, start + 12, ACK | PSH,
+                             Bytes(reply.begin() + 12, reply.begin() + 14));
+    ASSERT_TRUE(run(Direction::Outbound, rest2, 1000).held);
+    clock.advance(std::chrono::milliseconds(250));
+    handler->expire_held();
+    EXPECT_EQ(counters.get(DropReason::control_call_id_undecidable), 1u);
+    EXPECT_EQ(counters.get(EventCounter::control_connections_reset), 1u);
+    // The client's resend now goes to the server as an RST.
+    Bytes again = tcp_packet(f.client, f.server, f.port, 1723, start + 12, ACK | PSH,
+                             Bytes(reply.begin() + 12, reply.begin() + 14));
+    const Verdict v = run(Direction::Outbound, again, 1001);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(v.length, 40u);
+    EXPECT_EQ(again[33] & 0x04, 0x04);
+    EXPECT_EQ(get32(again, 24), start + 12);
+}
+
 }  // namespace

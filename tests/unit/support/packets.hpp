@@ -68,12 +68,12 @@ inline Bytes ipv4(std::uint32_t src, std::uint32_t dst, std::uint8_t proto, cons
 enum TcpFlags : std::uint8_t { FIN = 0x01, SYN = 0x02, RST = 0x04, PSH = 0x08, ACK = 0x10 };
 
 inline Bytes tcp_packet(std::uint32_t src, std::uint32_t dst, std::uint16_t sport, std::uint16_t dport,
-                        std::uint32_t seq, std::uint8_t flags, const Bytes& payload) {
+                        std::uint32_t seq, std::uint8_t flags, const Bytes& payload, std::uint32_t ack = 1) {
     Bytes seg(20 + payload.size());
     put16(seg, 0, sport);
     put16(seg, 2, dport);
     put32(seg, 4, seq);
-    put32(seg, 8, 1);
+    put32(seg, 8, ack);
     seg[12] = 0x50;
     seg[13] = flags;
     put16(seg, 14, 64240);
