@@ -88,16 +88,17 @@ def ipv4_packets(path):
 TCP_SYN = 0x02
 
 
-def tcp_streams(path, dport):
-    """{(src, sport): {"data": bytes, "ends": set of segment end offsets,
-    "segments": count}} for the connections to ``dport`` whose SYN was
-    captured."""
+def _reassemble(path, wanted):
+    """{(src, sport, dst, dport): {"data", "ends", "segments"}} of the TCP
+    directions ``wanted(packet)`` picks whose SYN was captured: the bytes
+    from the SYN on (a later copy of a byte overwrites an earlier one) and
+    the stream offsets where segments ended."""
     isn = {}
     streams = {}
     for d in ipv4_packets(path):
-        if d["proto"] != 6 or d.get("dport") != dport:
+        if d["proto"] != 6 or "seq" not in d or not wanted(d):
             continue
-        key = (d["src"], d["sport"])
+        key = (d["src"], d["sport"], d["dst"], d["dport"])
         if d["tcp_flags"] & TCP_SYN:
             isn[key] = d["seq"]
             streams[key] = {"data": bytearray(), "ends": set(),
@@ -118,27 +119,18 @@ def tcp_streams(path, dport):
     return streams
 
 
+def tcp_streams(path, dport):
+    """{(src, sport): {"data": bytes, "ends": set of segment end offsets,
+    "segments": count}} for the connections to ``dport`` whose SYN was
+    captured."""
+    streams = _reassemble(path, lambda d: d.get("dport") == dport)
+    return {(src, sport): st for (src, sport, _dst, _dport), st in streams.items()}
+
+
 def control_messages(path, port=P.PPTP_PORT):
-    isn = {}
-    data = {}
-    for d in ipv4_packets(path):
-        if d["proto"] != 6 or port not in (d.get("sport"), d.get("dport")):
-            continue
-        key = (d["src"], d["sport"], d["dst"], d["dport"])
-        if d["tcp_flags"] & TCP_SYN:
-            isn[key] = d["seq"]
-            data[key] = bytearray()
-            continue
-        if key not in isn or not d["data"]:
-            continue
-        buf = data[key]
-        off = (d["seq"] - isn[key] - 1) & 0xFFFFFFFF
-        end = off + len(d["data"])
-        if len(buf) < end:
-            buf += bytes(end - len(buf))
-        buf[off:end] = d["data"]
+    streams = _reassemble(path, lambda d: port in (d.get("sport"), d.get("dport")))
     out = []
-    for (src, _sport, dst, _dport), buf in data.items():
-        for msg in P.CtrlStream().feed(bytes(buf)):
+    for (src, _sport, dst, _dport), st in streams.items():
+        for msg in P.CtrlStream().feed(st["data"]):
             out.append((src, dst, msg))
     return out
