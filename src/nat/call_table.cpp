@@ -181,9 +181,7 @@ CallError CallTable::allocate_public_id(Call& call, std::uint16_t preferred) {
     if (ids_in_use_[call.outside_address] >= span) {
         return CallError::CallIdSpaceExhausted;
     }
-    auto is_free = [&](std::uint32_t id) {
-        return by_public_.find(public_key(call.outside_address, static_cast<std::uint16_t>(id))) == by_public_.end();
-    };
+    auto is_free = [&](std::uint32_t id) { return public_id_free(call.outside_address, id); };
     std::uint32_t chosen = 0;
     bool found = false;
     if (config_.call_id_allocation == CallIdAllocation::Preserve) {
@@ -237,8 +235,7 @@ CallError CallTable::allocate_public_id_by_high_byte(Call& call, std::uint8_t pr
         const std::uint32_t block = (start + b) % 256U;
         for (std::uint32_t low = 0; low < 256; ++low) {
             const std::uint32_t id = block << 8U | low;
-            if (id >= config_.call_id_min && id <= config_.call_id_max &&
-                by_public_.find(public_key(call.outside_address, static_cast<std::uint16_t>(id))) == by_public_.end()) {
+            if (id >= config_.call_id_min && id <= config_.call_id_max && public_id_free(call.outside_address, id)) {
                 take_public_id(call, static_cast<std::uint16_t>(id));
                 return CallError::None;
             }
@@ -266,11 +263,19 @@ void CallTable::complete_inside_id(Call& call, std::uint16_t inside_id) {
     const bool same_block = (inside_id >> 8U) == (call.public_call_id >> 8U);
     if (config_.call_id_allocation == CallIdAllocation::Preserve && same_block && inside_id != call.public_call_id &&
         inside_id >= config_.call_id_min && inside_id <= config_.call_id_max &&
-        by_public_.find(public_key(call.outside_address, inside_id)) == by_public_.end()) {
+        public_id_free(call.outside_address, inside_id)) {
         by_public_.erase(public_key(call.outside_address, call.public_call_id));
         call.public_call_id = inside_id;
         by_public_.emplace(public_key(call.outside_address, inside_id), &call);
     }
+    set_inside_id(call, inside_id);
+}
+
+bool CallTable::public_id_free(std::uint32_t outside_address, std::uint32_t id) const {
+    return by_public_.find(public_key(outside_address, static_cast<std::uint16_t>(id))) == by_public_.end();
+}
+
+void CallTable::set_inside_id(Call& call, std::uint16_t inside_id) {
     call.inside_call_id = inside_id;
     call.inside_known = true;
     if (call.outside_known) {
@@ -305,11 +310,7 @@ CallError CallTable::assign_inside_id(Call& call, std::uint16_t inside_id) {
     if (CallError e = allocate_public_id(call, inside_id); e != CallError::None) {
         return e;
     }
-    call.inside_call_id = inside_id;
-    call.inside_known = true;
-    if (call.outside_known) {
-        link_outbound(call);
-    }
+    set_inside_id(call, inside_id);
     return CallError::None;
 }
 

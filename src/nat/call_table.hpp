@@ -292,6 +292,8 @@ private:
     CallError allocate_public_id(Call& call, std::uint16_t preferred);
     CallError allocate_public_id_by_high_byte(Call& call, std::uint8_t preferred_high);
     void take_public_id(Call& call, std::uint16_t id);
+    [[nodiscard]] bool public_id_free(std::uint32_t outside_address, std::uint32_t id) const;
+    void set_inside_id(Call& call, std::uint16_t inside_id);
     void unlink_call(Call& call);
     void link_outbound(Call& call);
     void unlink_outbound(Call& call);
