@@ -31,6 +31,9 @@ nlohmann::json sessions(const nlohmann::json& request, ApiContext& ctx) {
         }
         (std::string(key) == "inside" ? inside : outside) = address;
     }
+    if (ctx.refresh) {
+        ctx.refresh();
+    }
     const nat::Instant now = ctx.table.now();
     std::vector<const nat::Call*> calls;
     ctx.table.for_each_call([&](const nat::Call& call) {
@@ -69,6 +72,9 @@ nlohmann::json connections(ApiContext& ctx) {
 }
 
 nlohmann::json stats(ApiContext& ctx) {
+    if (ctx.refresh) {
+        ctx.refresh();
+    }
     nlohmann::json counters = nlohmann::json::object();
     for (std::size_t i = 0; i < static_cast<std::size_t>(nat::EventCounter::count_); ++i) {
         counters[std::string(nat::counter_name(static_cast<nat::EventCounter>(i)))] = ctx.counters.events[i];
@@ -88,6 +94,9 @@ nlohmann::json stats(ApiContext& ctx) {
     }
     if (ctx.fixup_ports) {
         result["fixup_ports"] = ctx.fixup_ports();
+    }
+    if (ctx.offload_stats) {
+        result["offload"] = ctx.offload_stats();
     }
     // What is in force now, so a reload can be checked.
     const nat::TableConfig& config = ctx.table.config();
@@ -155,6 +164,7 @@ nlohmann::json session_json(const nat::Call& call, nat::Instant now) {
             {"public_call_id", call.public_call_id},
             {"outside_call_id", call.outside_call_id},
             {"state", nat::state_name(call.state)},
+            {"offloaded", call.offloaded},
             {"control_port", call.connection->key.outside_port},
             {"packets_in", call.packets_in},
             {"packets_out", call.packets_out},

@@ -23,6 +23,11 @@ struct ApiContext {
     // Turns the fixup on or off for a port (rules included); "" or why not.
     std::function<std::string(std::uint16_t port, bool enable)> set_fixup_port;
     std::function<std::vector<std::uint16_t>()> fixup_ports;
+    // Where GRE is translated ({"mode": "nft"|"off", ...}); may be empty.
+    std::function<nlohmann::json()> offload_stats;
+    // Brings counters kept elsewhere (the kernel's, for offloaded calls)
+    // into the table before an audit; may be empty.
+    std::function<void()> refresh;
 };
 
 [[nodiscard]] nlohmann::json session_json(const nat::Call& call, nat::Instant now);

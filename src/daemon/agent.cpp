@@ -50,6 +50,12 @@ std::string format_duration(std::chrono::steady_clock::duration d) {
     return text.data();
 }
 
+std::string hex_mark(std::uint32_t mark) {
+    std::array<char, 16> text{};
+    (void)std::snprintf(text.data(), text.size(), "0x%08x", mark);
+    return text.data();
+}
+
 }  // namespace
 
 void EventLog::call_built(const nat::Call& call) {
@@ -58,6 +64,12 @@ void EventLog::call_built(const nat::Call& call) {
 
 void EventLog::call_torn_down(const nat::Call& call, nat::TeardownReason reason) {
     std::ostringstream s;
+    if (reason == nat::TeardownReason::Shutdown && call.offloaded) {
+        s << "Left in the kernel " << describe_call(call) << " packets in " << call.packets_in << " out "
+          << call.packets_out << ": its GRE flows on, the next start adopts it";
+        logging::write(logging::Level::Info, "302019", s.str());
+        return;
+    }
     s << "Teardown " << describe_call(call) << " duration "
       << format_duration(std::chrono::steady_clock::now() - call.created) << " packets in " << call.packets_in
       << " out " << call.packets_out << " bytes in " << call.bytes_in << " out " << call.bytes_out << " reason "
@@ -155,11 +167,19 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
     queue_config.max_length = options_.queue_max_length;
     queue_config.max_burst = options_.burst;
     queue_ = std::make_unique<nfq::Queue>(queue_config);
+    // With the queue bound (packets wait there meanwhile) and before
+    // privileges go: the netlink socket keeps the rights it was opened with.
+    start_offload();
 
     api_ = std::make_unique<control::ApiContext>(
         control::ApiContext{*table_, counters_, *handler_, [this] { return io_stats(); },
                             [this](std::uint16_t port, bool enable) { return set_fixup_port(port, enable); },
-                            [this] { return fixup_ports(); }});
+                            [this] { return fixup_ports(); }, [this] { return offload_stats(); },
+                            [this] {
+                                if (offload_) {
+                                    offload_->poll(*table_);
+                                }
+                            }});
     control_ = std::make_unique<control::Server>(options_.control_socket, [this](const nlohmann::json& request) {
         return control::handle_request(request, *api_);
     });
@@ -178,7 +198,6 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
         if (const std::string failure = apply_rules(rules_settings(), fixup_ports()); !failure.empty()) {
             throw std::runtime_error("cannot install the rules: " + failure);
         }
-        rules_installed_ = true;
     }
 
     std::ostringstream ports;
@@ -206,7 +225,70 @@ Agent::~Agent() {
     }
 }
 
+void Agent::start_offload() {
+    using Mode = daemon_options::Options::GreOffload;
+    offload::OffloadConfig config;
+    config.outside_interface = options_.outside_interface;
+    config.mark = options_.offload_mark;
+    config.max_calls = static_cast<std::uint32_t>(std::min<std::size_t>(options_.table.max_calls, 1U << 24U));
+    try {
+        nft_ = std::make_unique<offload::NftOffload>(config);
+        if (options_.gre_offload == Mode::Off) {
+            const std::size_t adopted = adopt_onto_queue_path(*nft_, *table_);
+            offload_off_reason_ = "--gre-offload off";
+            if (adopted > 0) {
+                logging::write(logging::Level::Notice, "",
+                               "GRE offload off: " + std::to_string(adopted) +
+                                   " call(s) an earlier run offloaded now go through the queue");
+            }
+            return;
+        }
+        auto bridge = std::make_unique<GreOffloadBridge>(*nft_);
+        const std::size_t adopted = bridge->adopt_and_install(*table_);
+        offload_ = std::move(bridge);
+        table_->set_offload(offload_.get());
+        logging::write(logging::Level::Notice, "",
+                       "GRE offload: nf_tables table ip " + config.table + ", mark bit " + hex_mark(config.mark) +
+                           "; " + std::to_string(adopted) + " call(s) adopted from an earlier run");
+    } catch (const offload::OffloadError& e) {
+        if (options_.gre_offload == Mode::Nft) {
+            throw std::runtime_error(std::string(e.what()) + " (--gre-offload nft)");
+        }
+        offload_off_reason_ = e.what();
+        logging::write(logging::Level::Warning, "",
+                       std::string("GRE offload unavailable, every GRE packet goes through the queue: ") + e.what());
+        offload_.reset();
+        if (nft_) {
+            try {
+                (void)adopt_onto_queue_path(*nft_, *table_);
+            } catch (const offload::OffloadError&) {
+            }
+        }
+        nft_.reset();
+    }
+}
+
+nlohmann::json Agent::offload_stats() const {
+    nlohmann::json result =
+        offload_ ? offload_->stats() : nlohmann::json{{"mode", "off"}, {"reason", offload_off_reason_}};
+    std::size_t offloaded = 0;
+    table_->for_each_call([&](const nat::Call& call) { offloaded += call.offloaded ? 1 : 0; });
+    result["calls"] = offloaded;
+    result["marked_packets_in_queue"] = marked_in_queue_;
+    return result;
+}
+
 nfq::SinkVerdict Agent::on_packet(const nfq::PacketMeta& meta, std::span<std::uint8_t> packet) {
+    if (offload_ && (meta.mark & options_.offload_mark) != 0) {
+        // Translated by the kernel already; only an older rule set (without
+        // the mark match) queues such a packet.
+        if (marked_in_queue_++ == 0) {
+            logging::write(logging::Level::Warning, "",
+                           "offloaded GRE reaches the queue: the rules lack the offload mark match; run "
+                           "pptp-fixup-rules install again");
+        }
+        return nfq::SinkVerdict{true, false, false, 0};
+    }
     nat::Direction direction = nat::Direction::Transit;
     if (meta.in_interface == outside_ifindex_) {
         direction = nat::Direction::Inbound;
@@ -218,7 +300,7 @@ nfq::SinkVerdict Agent::on_packet(const nfq::PacketMeta& meta, std::span<std::ui
 }
 
 RulesSettings Agent::rules_settings() const {
-    return RulesSettings{options_.rules_command, options_.outside_interface, options_.queue};
+    return RulesSettings{options_.rules_command, options_.outside_interface, options_.queue, options_.offload_mark};
 }
 
 std::vector<std::uint16_t> Agent::fixup_ports() const {
@@ -403,6 +485,9 @@ int Agent::run() {
             handler_->expire_held();
             queue_->flush_verdicts();
             if (++ticks_ % 10 == 0) {  // once a second
+                if (offload_ && ticks_ % (10ULL * options_.offload_poll_seconds) == 0) {
+                    offload_->poll(*table_);  // before expiry: kernel traffic counts as activity
+                }
                 table_->expire();
                 if (ticks_ % 50 == 0) {
                     sd_notifyf(0, "STATUS=%zu calls, %zu control connections, %llu packets\n%s", table_->call_count(),
@@ -433,14 +518,17 @@ int Agent::run() {
     }
     sd_notify(0, "STOPPING=1\nSTATUS=shutting down");
     logging::write(logging::Level::Notice, "", "shutting down");
+    // Offloaded calls stay in the kernel, and the rules stay (also with
+    // --manage-rules): a restart adopts the calls, and meanwhile the queue
+    // is fail-closed for everything else. "pptp-fixup-rules remove" is the
+    // stop for good.
+    if (offload_) {
+        offload_->poll(*table_);
+        table_->set_offload(nullptr);
+    }
     table_->clear_all(nat::TeardownReason::Shutdown);
     control_.reset();
     queue_.reset();
-    if (rules_installed_) {
-        if (const std::string failure = remove_rules(rules_settings()); !failure.empty()) {
-            logging::write(logging::Level::Error, "", "cannot remove the rules: " + failure);
-        }
-    }
     return 0;
 }
 

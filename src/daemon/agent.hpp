@@ -10,6 +10,7 @@
 #include "common/log.hpp"
 #include "control/api.hpp"
 #include "control/server.hpp"
+#include "daemon/offload_bridge.hpp"
 #include "daemon/options.hpp"
 #include "daemon/rules.hpp"
 #include "nat/call_table.hpp"
@@ -18,6 +19,7 @@
 #include "nat/packet_handler.hpp"
 #include "nfq/link.hpp"
 #include "nfq/queue.hpp"
+#include "offload/nft_offload.hpp"
 
 namespace agent {
 
@@ -61,10 +63,13 @@ private:
     [[nodiscard]] std::vector<std::uint16_t> fixup_ports() const;
     [[nodiscard]] nlohmann::json io_stats() const;
     [[nodiscard]] RulesSettings rules_settings() const;
+    // --gre-offload: builds the kernel offload (adopting what an earlier run
+    // left there), or takes those calls onto the queue path.
+    void start_offload();
+    [[nodiscard]] nlohmann::json offload_stats() const;
 
     daemon_options::Options options_;
     std::vector<std::string> argv_;
-    bool rules_installed_ = false;
     std::uint32_t outside_ifindex_ = 0;
     nat::CachedClock clock_;
     nat::Counters counters_;
@@ -75,6 +80,10 @@ private:
     std::unique_ptr<control::ApiContext> api_;
     std::unique_ptr<control::Server> control_;
     std::unique_ptr<nfq::LinkWatcher> link_watcher_;  // only without --public-address
+    std::unique_ptr<offload::NftOffload> nft_;
+    std::unique_ptr<GreOffloadBridge> offload_;  // null when GRE goes through the queue only
+    std::string offload_off_reason_;
+    std::uint64_t marked_in_queue_ = 0;
     bool watchdog_ = false;
     std::uint64_t ticks_ = 0;
     int signal_fd_ = -1;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <boost/program_options.hpp>
+#include <cerrno>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -62,7 +64,9 @@ EXIT STATUS
   missing interface, queue already bound), with one line on stderr saying why.
 
 SIGNALS
-  SIGTERM, SIGINT  clean shutdown: live calls are logged as torn down.
+  SIGTERM, SIGINT  clean shutdown: calls on the queue path are logged as
+                   torn down; offloaded calls stay in the kernel and flow on,
+                   and the next start adopts them (see GRE OFFLOAD).
   SIGHUP           reload the config file: fixup ports (rules follow),
                    limits, timeouts, log level and violation policy apply at
                    once and live calls stay. --queue, --outside,
@@ -91,6 +95,25 @@ CONTROL MESSAGES THAT BREAK RFC 2637
   host, 512 in all, for 2 s) until the rest arrives, then sent on rewritten;
   after 200 ms one held for an incomplete field goes on cut before it, so a
   sender that waits for an ACK (Nagle) sends the rest.
+
+GRE OFFLOAD
+  With --gre-offload nft (or auto, where the kernel can), a call whose Call
+  IDs are both known and whose reply said connected gets its translation
+  installed as elements of nf_tables maps in the table "ip pptp_fixup" (the
+  agent's own, created at start over netlink): its GRE is rewritten in the
+  kernel and marked (--offload-mark) so the queue rules skip it. A packet of
+  no element goes to the queue as before, so GRE of no call is still
+  dropped. Ending a call removes its elements at once. The kernel counts
+  each call's packets; the agent reads the counters every
+  --offload-poll-interval seconds for the audit and the idle timeouts. A
+  netlink error or a full map leaves that call on the queue (counted as
+  calls_offload_failed).
+  The table outlives the agent: a restart finds the calls in it and adopts
+  them (their control connections at their next message), so they keep
+  flowing and stay audited. "pptp-fixup-rules remove" deletes the table with
+  the rules (a stop for good). --gre-offload off at start adopts what an
+  earlier run offloaded and deletes the table: those calls go on through the
+  queue.
 
 SEE ALSO
   pptp-fixup-rules(8), RFC 2637.
@@ -145,6 +168,9 @@ ParseResult parse(int argc, const char* const* argv) {
     std::size_t max_connections = opt.table.max_connections;
     std::size_t max_connections_per_host = opt.table.max_connections_per_host;
     std::string on_violation = "reset";
+    std::string gre_offload = "auto";
+    std::string offload_mark = "0x01000000";
+    unsigned int offload_poll = 10;
     std::string user;
 
     // clang-format off
@@ -169,6 +195,9 @@ ParseResult parse(int argc, const char* const* argv) {
         ("manage-rules", po::bool_switch(&opt.manage_rules),
          "install the netfilter rules at start (pptp-fixup-rules install) and remove them at exit; without it "
          "the rules are yours to install, and only fixup enable/disable and reloads update them")
+        ("remove-offload", po::bool_switch(&opt.remove_offload),
+         "delete the GRE offload table (ip pptp_fixup) and exit: its calls stop flowing. pptp-fixup-rules "
+         "remove runs this; nothing else is needed with it")
         ("rules-command", po::value<std::string>(&opt.rules_command)->value_name("PATH")
                               ->default_value("pptp-fixup-rules"),
          "the rule installer run to keep the queue rules in line with the fixup ports")
@@ -227,6 +256,17 @@ ParseResult parse(int argc, const char* const* argv) {
          "a well-framed control message out of state, from the wrong peer or of another version: reset (end "
          "the control connection with an RST to each peer) or accept (pass it on, its Call IDs translated or "
          "neutralised, its state ignored); a broken framing or a refused call always resets")
+        ("gre-offload", po::value<std::string>(&gre_offload)->value_name("MODE")->default_value("auto"),
+         "where established calls' GRE is translated: nft (in the kernel, by nf_tables maps in the agent's "
+         "own table \"ip pptp_fixup\"; the agent only sees a call's first packets and its control "
+         "messages), off (every GRE packet through the queue), or auto (nft where the kernel can, else off "
+         "with one log line). Offloaded calls keep flowing while the agent restarts")
+        ("offload-mark", po::value<std::string>(&offload_mark)->value_name("BIT")->default_value("0x01000000"),
+         "packet mark bit (one bit) by which the queue rules skip offloaded GRE; the same as "
+         "pptp-fixup-rules --offload-mark. Set and cleared again within the prerouting and postrouting hooks")
+        ("offload-poll-interval",
+         po::value<unsigned int>(&offload_poll)->value_name("SECONDS")->default_value(10),
+         "seconds between readings of the offloaded calls' kernel counters (audit counters and idle timeouts)")
         ("queue-maxlen", po::value<std::uint32_t>(&opt.queue_max_length)->value_name("N")->default_value(4096),
          "packets the kernel may hold in the queue before it drops")
         ("burst", po::value<std::size_t>(&opt.burst)->value_name("N")->default_value(64),
@@ -264,6 +304,9 @@ ParseResult parse(int argc, const char* const* argv) {
         throw UsageError(e.what());
     }
 
+    if (opt.remove_offload) {
+        return ParseResult{opt, {}};
+    }
     if (vm.count("queue") == 0U) {
         throw UsageError("missing --queue N (the NFQUEUE number of the fixup rules)");
     }
@@ -334,6 +377,29 @@ ParseResult parse(int argc, const char* const* argv) {
     } else {
         throw UsageError("invalid --on-violation '" + on_violation + "': expected reset or accept");
     }
+    if (gre_offload == "auto") {
+        opt.gre_offload = Options::GreOffload::Auto;
+    } else if (gre_offload == "nft") {
+        opt.gre_offload = Options::GreOffload::Nft;
+    } else if (gre_offload == "off") {
+        opt.gre_offload = Options::GreOffload::Off;
+    } else {
+        throw UsageError("invalid --gre-offload '" + gre_offload + "': expected auto, nft or off");
+    }
+    {
+        char* end = nullptr;
+        errno = 0;
+        const unsigned long mark = std::strtoul(offload_mark.c_str(), &end, 0);
+        if (offload_mark.empty() || *end != '\0' || errno != 0 || mark == 0 || mark > 0xFFFFFFFFUL ||
+            (mark & (mark - 1)) != 0) {
+            throw UsageError("invalid --offload-mark '" + offload_mark + "': expected one bit, e.g. 0x01000000");
+        }
+        opt.offload_mark = static_cast<std::uint32_t>(mark);
+    }
+    if (offload_poll == 0) {
+        throw UsageError("invalid --offload-poll-interval: expected at least 1 second");
+    }
+    opt.offload_poll_seconds = offload_poll;
     if (opt.burst == 0 || opt.burst > 1024) {
         throw UsageError("invalid --burst: expected 1-1024");
     }

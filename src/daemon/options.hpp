@@ -26,11 +26,17 @@ struct Options {
     std::string config_file;
     std::string rules_command = "pptp-fixup-rules";
     bool manage_rules = false;
+    bool remove_offload = false;      // delete the offload table and exit
     std::optional<std::string> user;  // run as this user once the sockets are open
     bool keep_capabilities = false;   // do not drop capabilities (debugging)
     std::uint32_t queue_max_length = 4096;
     std::size_t burst = 64;
     logging::Level log_level = logging::Level::Info;
+    // GRE of established calls in the kernel (nf_tables maps).
+    enum class GreOffload : std::uint8_t { Auto, Nft, Off };
+    GreOffload gre_offload = GreOffload::Auto;
+    std::uint32_t offload_mark = 0x01000000;
+    std::uint32_t offload_poll_seconds = 10;
     nat::TableConfig table;
     nat::HandlerConfig handler;
 };

@@ -89,13 +89,17 @@ std::string apply_rules(const RulesSettings& settings, const std::vector<std::ui
     for (std::uint16_t p : ports) {
         list += (list.empty() ? "" : ",") + std::to_string(p);
     }
+    std::array<char, 16> mark{};
+    (void)std::snprintf(mark.data(), mark.size(), "0x%08x", settings.offload_mark);
     return run({settings.command, "install", "--outside", settings.outside_interface, "--queue",
-                std::to_string(settings.queue), "--ports", list},
+                std::to_string(settings.queue), "--ports", list, "--offload-mark", mark.data()},
                timeout);
 }
 
 std::string remove_rules(const RulesSettings& settings, std::chrono::seconds timeout) {
-    return run({settings.command, "remove"}, timeout);
+    // The running agent keeps its offload table (its calls are withdrawn
+    // one by one); only a stop for good deletes it.
+    return run({settings.command, "remove", "--keep-offload"}, timeout);
 }
 
 }  // namespace agent

@@ -13,6 +13,7 @@ struct RulesSettings {
     std::string command;  // pptp-fixup-rules, by path or from PATH
     std::string outside_interface;
     std::uint16_t queue = 0;
+    std::uint32_t offload_mark = 0x01000000;  // pptp-fixup-rules --offload-mark
 };
 
 // Installs the rules for `ports` (or removes them when `ports` is empty).

@@ -345,9 +345,59 @@ void CallTable::mark_established(Call& call) {
     call.state = CallState::Established;
     call.last_activity = clock_.now();
     counters_.add(EventCounter::calls_built);
+    // Offloaded only when this call owns both GRE keys: a reply that repeats
+    // another call's Call ID leaves its GRE to that call (link_outbound).
+    if (offload_ != nullptr && call.inside_known && call.outside_known &&
+        find_inbound(call.outside_address, call.public_call_id) == &call &&
+        find_outbound(call.inside_address, call.outside_address, call.outside_call_id) == &call) {
+        call.offload_base = {call.packets_in, call.bytes_in, call.packets_out, call.bytes_out};
+        call.offloaded = offload_->offload(call);
+        counters_.add(call.offloaded ? EventCounter::calls_offloaded : EventCounter::calls_offload_failed);
+    }
     if (observer_ != nullptr) {
         observer_->call_built(call);
     }
+}
+
+Call* CallTable::adopt_call(const AdoptedCall& adopted) {
+    ControlConnection* conn = find_connection(adopted.connection);
+    if (conn == nullptr) {
+        conn = create_connection(adopted.connection, adopted.opened_from_outside);
+        if (conn == nullptr) {
+            return nullptr;
+        }
+        // Not `picked_up`: it comes from the agent's own state, not from a
+        // segment anyone could send, and keeps the normal idle timeout.
+        conn->state = ConnectionState::Established;
+        conn->pns_side = adopted.pns_side;
+    }
+    if (!public_id_free(adopted.connection.outside_address, adopted.public_call_id) ||
+        find_outbound(adopted.connection.inside_address, adopted.connection.outside_address, adopted.outside_call_id) !=
+            nullptr) {
+        return nullptr;
+    }
+    CallResult result = new_call(*conn);
+    if (result.call == nullptr) {
+        return nullptr;
+    }
+    Call& call = *result.call;
+    call.public_address = adopted.public_address;
+    call.outgoing = adopted.outgoing;
+    call.answered = true;
+    call.created = adopted.created;
+    take_public_id(call, adopted.public_call_id);
+    call.outside_call_id = adopted.outside_call_id;
+    call.outside_known = true;
+    set_inside_id(call, adopted.inside_call_id);
+    call.state = CallState::Established;
+    call.offloaded = true;
+    call.offload_base = adopted.base;
+    call.packets_in = adopted.base.packets_in + adopted.offload.packets_in;
+    call.bytes_in = adopted.base.bytes_in + adopted.offload.bytes_in;
+    call.packets_out = adopted.base.packets_out + adopted.offload.packets_out;
+    call.bytes_out = adopted.base.bytes_out + adopted.offload.bytes_out;
+    counters_.add(EventCounter::calls_adopted);
+    return &call;
 }
 
 void CallTable::unlink_call(Call& call) {
@@ -371,6 +421,10 @@ void CallTable::unlink_call(Call& call) {
 }
 
 void CallTable::remove_call(Call& call, TeardownReason reason) {
+    if (call.offloaded && offload_ != nullptr) {
+        offload_->withdraw(call);  // at once: its GRE must stop before the call is gone
+        call.offloaded = false;
+    }
     if (call.state != CallState::Requested) {
         counters_.add(EventCounter::calls_torn_down);
         if (observer_ != nullptr) {

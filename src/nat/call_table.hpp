@@ -186,6 +186,43 @@ struct Call {
     std::uint64_t packets_out = 0;  // toward the outside peer
     std::uint64_t bytes_in = 0;
     std::uint64_t bytes_out = 0;
+    // Its GRE is translated in the kernel (CallOffload); the counters above
+    // are then `offload_base` (what the queue path counted before) plus the
+    // kernel's, read now and then.
+    bool offloaded = false;
+    struct Traffic {
+        std::uint64_t packets_in = 0;
+        std::uint64_t bytes_in = 0;
+        std::uint64_t packets_out = 0;
+        std::uint64_t bytes_out = 0;
+    } offload_base;
+};
+
+// Translates the GRE of established calls somewhere faster than the queue
+// (the kernel's nf_tables). The table asks when a call is established and
+// tells when it ends; what it does not take stays on the queue path.
+class CallOffload {
+public:
+    virtual ~CallOffload() = default;
+    // True when the call's GRE no longer comes to the queue.
+    virtual bool offload(const Call& call) = 0;
+    virtual void withdraw(const Call& call) = 0;
+};
+
+// An established call found where an earlier run of the agent left it (in
+// the kernel's offload): taken into the table as it was.
+struct AdoptedCall {
+    ConnectionKey connection;
+    bool opened_from_outside = false;
+    bool outgoing = true;
+    std::int8_t pns_side = -1;  // as ControlConnection::pns_side
+    std::uint32_t public_address = 0;
+    std::uint16_t inside_call_id = 0;
+    std::uint16_t public_call_id = 0;
+    std::uint16_t outside_call_id = 0;
+    Instant created{};
+    Call::Traffic base;     // counted before it was offloaded
+    Call::Traffic offload;  // the kernel's counters now
 };
 
 // Notified of what the table does, so the daemon can log it; the table itself
@@ -215,6 +252,14 @@ public:
     // New limits and timeouts apply from now on; live calls stay. The public
     // address is kept.
     void set_config(TableConfig config);
+    // Established calls go to `offload` from now on (nullptr: none). Set to
+    // nullptr before clear_all() to leave offloaded calls where they are.
+    void set_offload(CallOffload* offload) noexcept { offload_ = offload; }
+    // Takes in a call an earlier run left offloaded, with its control
+    // connection (made if missing, Established, picked up at its next
+    // message). nullptr when it conflicts with a call already here or a
+    // limit is reached; the call is then not the table's.
+    Call* adopt_call(const AdoptedCall& adopted);
     // New calls get this public address; live calls keep theirs.
     void set_public_address(std::uint32_t address) noexcept { config_.public_address = address; }
     [[nodiscard]] Instant now() const { return clock_.now(); }
@@ -302,6 +347,7 @@ private:
     const Clock& clock_;
     Counters& counters_;
     TableObserver* observer_;
+    CallOffload* offload_ = nullptr;
     std::uint64_t next_call_serial_ = 1;
     std::uint64_t next_connection_serial_ = 1;
     std::unordered_map<ConnectionKey, ControlConnection, ConnectionKeyHash> connections_;

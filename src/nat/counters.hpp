@@ -36,7 +36,11 @@ namespace nat {
     X(connections_torn_down)           \
     X(calls_built)                     \
     X(calls_torn_down)                 \
-    X(calls_expired)
+    X(calls_expired)                   \
+    X(calls_offloaded)                 \
+    X(calls_offload_failed)            \
+    X(calls_offload_withdraw_failed)   \
+    X(calls_adopted)
 
 // Why a packet was dropped. One counter each; names are stable API.
 #define PPTP_FIXUP_DROP_REASONS(X)  \

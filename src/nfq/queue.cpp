@@ -169,6 +169,9 @@ void Queue::handle_message(const nlmsghdr* nlh) {
     if (attr[NFQA_IFINDEX_INDEV] != nullptr) {
         meta.in_interface = ntohl(mnl_attr_get_u32(attr[NFQA_IFINDEX_INDEV]));
     }
+    if (attr[NFQA_MARK] != nullptr) {
+        meta.mark = ntohl(mnl_attr_get_u32(attr[NFQA_MARK]));
+    }
     if (attr[NFQA_IFINDEX_OUTDEV] != nullptr) {
         meta.out_interface = ntohl(mnl_attr_get_u32(attr[NFQA_IFINDEX_OUTDEV]));
     }

@@ -30,6 +30,7 @@ struct PacketMeta {
     std::uint8_t hook = 0;
     std::uint32_t in_interface = 0;   // ifindex, 0 if none
     std::uint32_t out_interface = 0;  // ifindex, 0 if none
+    std::uint32_t mark = 0;           // skb->mark
 };
 
 struct SinkVerdict {

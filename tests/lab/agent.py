@@ -68,8 +68,11 @@ class Agent:
     # real clients (whose own random Call IDs would be free, public = inside)
     # exercises the rewrite both ways; the daemon's own default is preserve.
     def __init__(self, lab, queue=QUEUE, ports=(1723,), extra_args=(), config=None,
-                 call_id_allocation="random", env=None):
+                 call_id_allocation="random", env=None, gre_offload=None):
         self.lab = lab
+        # nft (the kernel offload, which must work here) unless the run asks
+        # for the queue-only path: ctest runs the suite both ways.
+        self.gre_offload = gre_offload or os.environ.get("PPTP_FIXUP_TEST_GRE_OFFLOAD", "nft")
         self.call_id_allocation = call_id_allocation
         self.extra_env = dict(env or {})
         self.queue = queue
@@ -98,7 +101,9 @@ class Agent:
                               "--rules", RULES_FILE])
 
     def remove_rules(self):
-        self.lab.router_exec([RULES_TOOL, "remove", "--rules", RULES_FILE], check=False)
+        # Also deletes the offload table, with this build's pptp-fixupd.
+        self.lab.router_exec(["env", "PPTP_FIXUPD=" + os.path.join(bin_dir(), "pptp-fixupd"),
+                              RULES_TOOL, "remove", "--rules", RULES_FILE], check=False)
 
     def start(self, wait=10.0):
         self.log = open(self.log_path, "ab")
@@ -113,6 +118,9 @@ class Agent:
                 argv += ["--fixup-port", str(p)]
         if self.call_id_allocation and not (self.config and "call-id-allocation" in self.config):
             argv += ["--call-id-allocation", self.call_id_allocation]
+        if not (self.config and "gre-offload" in self.config) and \
+                not any(a.startswith("--gre-offload") for a in self.extra_args):
+            argv += ["--gre-offload", self.gre_offload]
         argv += ["--rules-command", self.rules_command] + self.extra_args
         # ASan in the debug build: leaks fail the run at exit.
         env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", **self.extra_env)

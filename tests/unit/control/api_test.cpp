@@ -23,7 +23,9 @@ protected:
         handler = std::make_unique<PacketHandler>(*table, counters);
         handler->enable_port(1723);
         context = std::make_unique<control::ApiContext>(
-            control::ApiContext{*table, counters, *handler,
+            control::ApiContext{*table,
+                                counters,
+                                *handler,
                                 [] {
                                     return json{{"agent", {{"received", 5}}}};
                                 },
@@ -41,7 +43,9 @@ protected:
                                             ports.push_back(static_cast<std::uint16_t>(p));
                                     }
                                     return ports;
-                                }});
+                                },
+                                {},
+                                {}});
     }
     Call* add_call(std::uint32_t client, std::uint16_t inside_id, std::uint16_t outside_id) {
         auto* conn = table->create_connection(ConnectionKey{client, kServer, 40000, 1723});

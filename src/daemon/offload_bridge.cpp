@@ -1,0 +1,189 @@
+#include "daemon/offload_bridge.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "pptp/inet.hpp"
+
+namespace agent {
+namespace {
+
+constexpr std::uint64_t kIpv4HeaderBytes = 20;  // the kernel counts IP bytes, the queue path GRE bytes
+
+std::int64_t steady_ns(nat::Instant t) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+void log_failure(logging::RateLimiter& limiter, std::uint64_t kind, const std::string& text) {
+    std::uint64_t suppressed = 0;
+    if (limiter.allow(kind, std::chrono::steady_clock::now(), suppressed)) {
+        logging::write(logging::Level::Warning, "400010",
+                       text + (suppressed > 0 ? " (" + std::to_string(suppressed) + " more since the last report)"
+                                              : std::string()));
+    }
+}
+
+// GRE bytes from the kernel's IP bytes.
+std::uint64_t gre_bytes(const offload::ElementCounters& c) {
+    return c.bytes >= c.packets * kIpv4HeaderBytes ? c.bytes - c.packets * kIpv4HeaderBytes : 0;
+}
+
+}  // namespace
+
+offload::CallRecord record_of(const nat::Call& call) {
+    offload::CallRecord r;
+    r.inside_address = call.inside_address;
+    r.outside_address = call.outside_address;
+    r.public_address = call.public_address;
+    r.inside_call_id = call.inside_call_id;
+    r.public_call_id = call.public_call_id;
+    r.outside_call_id = call.outside_call_id;
+    r.inside_port = call.connection->key.inside_port;
+    r.outside_port = call.connection->key.outside_port;
+    r.outgoing = call.outgoing;
+    r.opened_from_outside = call.connection->opened_from_outside;
+    r.pns_side = call.connection->pns_side;
+    r.created_ns = steady_ns(call.created);
+    r.base_packets_in = call.offload_base.packets_in;
+    r.base_bytes_in = call.offload_base.bytes_in;
+    r.base_packets_out = call.offload_base.packets_out;
+    r.base_bytes_out = call.offload_base.bytes_out;
+    return r;
+}
+
+nat::AdoptedCall adopted_from(const offload::OffloadedCall& found) {
+    const offload::CallRecord& r = found.record;
+    nat::AdoptedCall a;
+    a.connection.inside_address = r.inside_address;
+    a.connection.outside_address = r.outside_address;
+    a.connection.inside_port = r.inside_port;
+    a.connection.outside_port = r.outside_port;
+    a.opened_from_outside = r.opened_from_outside;
+    a.outgoing = r.outgoing;
+    a.pns_side = r.pns_side;
+    a.public_address = r.public_address;
+    a.inside_call_id = r.inside_call_id;
+    a.public_call_id = r.public_call_id;
+    a.outside_call_id = r.outside_call_id;
+    a.created =
+        nat::Instant(std::chrono::duration_cast<nat::Instant::duration>(std::chrono::nanoseconds(r.created_ns)));
+    a.base = {r.base_packets_in, r.base_bytes_in, r.base_packets_out, r.base_bytes_out};
+    a.offload = {found.in.packets, gre_bytes(found.in), found.out.packets, gre_bytes(found.out)};
+    return a;
+}
+
+bool GreOffloadBridge::offload(const nat::Call& call) {
+    const offload::CallRecord record = record_of(call);
+    int error = nft_.add(record);
+    if (error == EEXIST) {
+        // Elements left by an ended call whose removal failed: this call's
+        // translation replaces them, never the other way round.
+        (void)nft_.remove(record);
+        ++stale_removed_;
+        error = nft_.add(record);
+    }
+    if (error != 0) {
+        ++install_failures_;
+        log_failure(failure_limiter_, 1,
+                    "GRE offload of PPTP call " + std::to_string(call.id) + " failed (" + std::strerror(error) +
+                        "); its GRE goes through the queue");
+        return false;
+    }
+    ++installed_;
+    return true;
+}
+
+void GreOffloadBridge::withdraw(const nat::Call& call) {
+    const int error = nft_.remove(record_of(call));
+    if (error != 0 && error != ENOENT) {
+        ++withdraw_failures_;
+        // The next poll removes what is left: an element of no live call.
+        log_failure(failure_limiter_, 2,
+                    "removing the GRE offload of PPTP call " + std::to_string(call.id) + " failed (" +
+                        std::strerror(error) + "); retried at the next counter reading");
+        return;
+    }
+    ++withdrawn_;
+}
+
+std::size_t GreOffloadBridge::adopt_and_install(nat::CallTable& table) {
+    std::vector<offload::CallRecord> keep;
+    for (const offload::OffloadedCall& found : nft_.existing_calls()) {
+        nat::AdoptedCall adopted = adopted_from(found);
+        // The elements are made anew below (their counters start at 0): what
+        // the kernel counted so far joins the base.
+        adopted.base = {
+            adopted.base.packets_in + adopted.offload.packets_in, adopted.base.bytes_in + adopted.offload.bytes_in,
+            adopted.base.packets_out + adopted.offload.packets_out, adopted.base.bytes_out + adopted.offload.bytes_out};
+        adopted.offload = {};
+        if (nat::Call* call = table.adopt_call(adopted); call != nullptr) {
+            keep.push_back(record_of(*call));
+        }
+    }
+    nft_.install(keep);
+    installed_ += keep.size();
+    return keep.size();
+}
+
+void GreOffloadBridge::poll(nat::CallTable& table) {
+    ++polls_;
+    std::vector<offload::CallRecord> stale;
+    try {
+        nft_.read_counters([&](const offload::CallRecord& record, const offload::ElementCounters& in,
+                               const offload::ElementCounters& out) {
+            nat::Call* call = table.find_inbound(record.outside_address, record.public_call_id);
+            if (call == nullptr || !call->offloaded || call->public_address != record.public_address ||
+                call->inside_address != record.inside_address || call->inside_call_id != record.inside_call_id ||
+                call->outside_call_id != record.outside_call_id) {
+                stale.push_back(record);
+                return;
+            }
+            const std::uint64_t packets_in = call->offload_base.packets_in + in.packets;
+            const std::uint64_t packets_out = call->offload_base.packets_out + out.packets;
+            if (packets_in != call->packets_in || packets_out != call->packets_out) {
+                call->last_activity = table.now();
+            }
+            call->packets_in = packets_in;
+            call->packets_out = packets_out;
+            call->bytes_in = call->offload_base.bytes_in + gre_bytes(in);
+            call->bytes_out = call->offload_base.bytes_out + gre_bytes(out);
+        });
+    } catch (const offload::OffloadError& e) {
+        ++poll_failures_;
+        log_failure(failure_limiter_, 3, std::string("reading the offload counters failed: ") + e.what());
+        return;
+    }
+    for (const offload::CallRecord& record : stale) {
+        if (nft_.remove(record) == 0) {
+            ++stale_removed_;
+        }
+    }
+}
+
+nlohmann::json GreOffloadBridge::stats() const {
+    return {{"mode", "nft"},
+            {"table", "ip " + nft_.config().table},
+            {"installed", installed_},
+            {"install_failures", install_failures_},
+            {"withdrawn", withdrawn_},
+            {"withdraw_failures", withdraw_failures_},
+            {"stale_removed", stale_removed_},
+            {"counter_reads", polls_},
+            {"counter_read_failures", poll_failures_},
+            {"netlink_transactions", nft_.transactions()}};
+}
+
+std::size_t adopt_onto_queue_path(offload::NftOffload& nft, nat::CallTable& table) {
+    std::size_t adopted = 0;
+    for (const offload::OffloadedCall& found : nft.existing_calls()) {
+        if (nat::Call* call = table.adopt_call(adopted_from(found)); call != nullptr) {
+            call->offloaded = false;
+            ++adopted;
+        }
+    }
+    (void)nft.remove_table();
+    return adopted;
+}
+
+}  // namespace agent

@@ -1,0 +1,57 @@
+// Connects the call table to the kernel offload (offload/): established calls
+// go in, ended calls come out, kernel counters come back into the audit, and
+// calls an earlier run left in the kernel are adopted at start.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "common/log.hpp"
+#include "nat/call_table.hpp"
+#include "offload/nft_offload.hpp"
+
+namespace agent {
+
+class GreOffloadBridge final : public nat::CallOffload {
+public:
+    explicit GreOffloadBridge(offload::NftOffload& nft) : nft_(nft) {}
+
+    bool offload(const nat::Call& call) override;
+    void withdraw(const nat::Call& call) override;
+
+    // At start: takes into `table` the calls the kernel's maps hold, then
+    // (re)builds the table keeping exactly those. Returns how many. Throws
+    // offload::OffloadError when the table cannot be built.
+    std::size_t adopt_and_install(nat::CallTable& table);
+    // Reads the kernel's counters into the offloaded calls (an element that
+    // moved counts as activity) and removes elements of no live call.
+    void poll(nat::CallTable& table);
+
+    [[nodiscard]] nlohmann::json stats() const;
+
+private:
+    offload::NftOffload& nft_;
+    std::uint64_t installed_ = 0;
+    std::uint64_t install_failures_ = 0;
+    std::uint64_t withdrawn_ = 0;
+    std::uint64_t withdraw_failures_ = 0;
+    std::uint64_t stale_removed_ = 0;
+    std::uint64_t polls_ = 0;
+    std::uint64_t poll_failures_ = 0;
+    logging::RateLimiter failure_limiter_{std::chrono::seconds(10), 1};
+};
+
+// The record the kernel keeps of a call.
+[[nodiscard]] offload::CallRecord record_of(const nat::Call& call);
+// A record as the call table adopts it (`counters` folded into its base when
+// the elements are made anew).
+[[nodiscard]] nat::AdoptedCall adopted_from(const offload::OffloadedCall& found);
+
+// --gre-offload off, or a start without the kernel's support: calls an
+// earlier run left in the kernel are adopted onto the queue path and the
+// table is deleted. Returns how many were adopted.
+std::size_t adopt_onto_queue_path(offload::NftOffload& nft, nat::CallTable& table);
+
+}  // namespace agent
