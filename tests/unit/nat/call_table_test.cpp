@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <set>
+#include <vector>
 
 using namespace nat;
 
@@ -343,6 +344,137 @@ TEST_F(CallTableTest, ClearAllTearsDownEverything) {
     EXPECT_EQ(table.call_count(), 0u);
     EXPECT_EQ(table.connection_count(), 0u);
     EXPECT_EQ(observer.torn_down, 5);
+}
+
+// Records what the table hands to the offload; can refuse.
+class FakeOffload : public CallOffload {
+public:
+    bool offload(const Call& call) override {
+        offered.push_back(call.id);
+        return accept;
+    }
+    void withdraw(const Call& call) override { withdrawn.push_back(call.id); }
+    bool accept = true;
+    std::vector<std::uint64_t> offered;
+    std::vector<std::uint64_t> withdrawn;
+};
+
+Call* established_call(CallTable& table, ControlConnection& conn, std::uint16_t inside, std::uint16_t outside) {
+    Call* call = table.create_call_from_inside(conn, inside).call;
+    table.set_outside_id(*call, outside);
+    table.mark_established(*call);
+    return call;
+}
+
+TEST_F(CallTableTest, EstablishedCallsGoToTheOffloadAndLeaveItWhenTheyEnd) {
+    CallTable table = make();
+    FakeOffload offload;
+    table.set_offload(&offload);
+    auto* conn = table.create_connection(key(kClient1, kServerA));
+    Call* call = table.create_call_from_inside(*conn, 7).call;
+    table.set_outside_id(*call, 70);
+    call->packets_in = 3;                  // GRE before the reply, through the queue
+    EXPECT_TRUE(offload.offered.empty());  // not established yet
+    table.mark_established(*call);
+    ASSERT_EQ(offload.offered, std::vector<std::uint64_t>{call->id});
+    EXPECT_TRUE(call->offloaded);
+    EXPECT_EQ(call->offload_base.packets_in, 3u);
+    EXPECT_EQ(counters.get(EventCounter::calls_offloaded), 1u);
+    const std::uint64_t id = call->id;
+    table.remove_call(*call, TeardownReason::CallDisconnectNotify);
+    EXPECT_EQ(offload.withdrawn, std::vector<std::uint64_t>{id});
+}
+
+TEST_F(CallTableTest, ARefusedOffloadLeavesTheCallOnTheQueuePath) {
+    CallTable table = make();
+    FakeOffload offload;
+    offload.accept = false;
+    table.set_offload(&offload);
+    auto* conn = table.create_connection(key(kClient1, kServerA));
+    Call* call = established_call(table, *conn, 7, 70);
+    EXPECT_FALSE(call->offloaded);
+    EXPECT_EQ(counters.get(EventCounter::calls_offload_failed), 1u);
+    EXPECT_EQ(table.find_inbound(kServerA, call->public_call_id), call);
+    table.remove_call(*call, TeardownReason::Cleared);
+    EXPECT_TRUE(offload.withdrawn.empty());  // nothing to withdraw
+}
+
+TEST_F(CallTableTest, ACallWithoutItsOwnGreKeyIsNotOffloaded) {
+    CallTable table = make();
+    FakeOffload offload;
+    table.set_offload(&offload);
+    auto* conn = table.create_connection(key(kClient1, kServerA));
+    Call* first = established_call(table, *conn, 1, 0);
+    Call* second = established_call(table, *conn, 2, 0);  // repeats the first's outside Call ID
+    EXPECT_TRUE(first->offloaded);
+    EXPECT_FALSE(second->offloaded);
+    EXPECT_EQ(offload.offered, std::vector<std::uint64_t>{first->id});
+}
+
+TEST_F(CallTableTest, WithoutTheOffloadAShutdownLeavesOffloadedCallsInPlace) {
+    CallTable table = make();
+    FakeOffload offload;
+    table.set_offload(&offload);
+    auto* conn = table.create_connection(key(kClient1, kServerA));
+    (void)established_call(table, *conn, 1, 10);
+    table.set_offload(nullptr);
+    table.clear_all(TeardownReason::Shutdown);
+    EXPECT_TRUE(offload.withdrawn.empty());
+    EXPECT_EQ(table.call_count(), 0u);
+}
+
+AdoptedCall adopted(std::uint32_t inside, std::uint16_t port, std::uint16_t inside_id, std::uint16_t public_id,
+                    std::uint16_t outside_id) {
+    AdoptedCall a;
+    a.connection = key(inside, kServerA, port);
+    a.public_address = kPublic;
+    a.inside_call_id = inside_id;
+    a.public_call_id = public_id;
+    a.outside_call_id = outside_id;
+    a.pns_side = 0;
+    a.base = {5, 500, 6, 600};
+    a.offload = {10, 1000, 20, 2000};
+    return a;
+}
+
+TEST_F(CallTableTest, AdoptedCallsTranslateAsTheyDidAndCountOn) {
+    CallTable table = make();
+    FakeOffload offload;
+    table.set_offload(&offload);
+    // Two clients, the same inside Call ID, different public ones.
+    Call* a = table.adopt_call(adopted(kClient1, 40000, 7, 7, 100));
+    Call* b = table.adopt_call(adopted(kClient2, 40001, 7, 8, 101));
+    ASSERT_NE(a, nullptr);
+    ASSERT_NE(b, nullptr);
+    EXPECT_TRUE(offload.offered.empty());  // already in the kernel
+    EXPECT_EQ(table.find_inbound(kServerA, 7), a);
+    EXPECT_EQ(table.find_inbound(kServerA, 8), b);
+    EXPECT_EQ(table.find_outbound(kClient2, kServerA, 101), b);
+    EXPECT_EQ(a->state, CallState::Established);
+    EXPECT_TRUE(a->offloaded);
+    EXPECT_EQ(a->packets_in, 15u);
+    EXPECT_EQ(a->bytes_out, 2600u);
+    ControlConnection* conn = table.find_connection(key(kClient1, kServerA, 40000));
+    ASSERT_NE(conn, nullptr);
+    EXPECT_EQ(conn->state, ConnectionState::Established);
+    EXPECT_FALSE(conn->picked_up);  // the normal idle timeout, not the setup one
+    EXPECT_EQ(table.find_by_inside_id(*conn, 7), a);
+    EXPECT_EQ(counters.get(EventCounter::calls_adopted), 2u);
+    // A new call cannot take an adopted call's public Call ID.
+    auto* other = table.create_connection(key(kClient2, kServerA, 40002));
+    EXPECT_NE(table.create_call_from_inside(*other, 8).call->public_call_id, 8);
+    // And it ends as any call: withdrawn from the kernel.
+    const std::uint64_t id = a->id;
+    table.close_connection(*conn, TeardownReason::TcpFin);
+    EXPECT_EQ(offload.withdrawn, std::vector<std::uint64_t>{id});
+}
+
+TEST_F(CallTableTest, AnAdoptedCallThatConflictsIsRefused) {
+    CallTable table = make();
+    ASSERT_NE(table.adopt_call(adopted(kClient1, 40000, 7, 7, 100)), nullptr);
+    EXPECT_EQ(table.adopt_call(adopted(kClient2, 40001, 9, 7, 101)), nullptr);  // public Call ID taken
+    EXPECT_EQ(table.adopt_call(adopted(kClient1, 40000, 9, 9, 100)), nullptr);  // outbound key taken
+    EXPECT_EQ(table.call_count(), 1u);
 }
 
 }  // namespace
