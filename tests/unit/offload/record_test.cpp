@@ -30,7 +30,7 @@ TEST(OffloadRecord, RoundTripsEveryField) {
     offload::CallRecord back;
     ASSERT_TRUE(offload::decode_record(bytes.data(), bytes.size(), back));
     EXPECT_EQ(back, sample());
-    for (std::int8_t side : {-1, 0}) {
+    for (const std::int8_t side : {std::int8_t{-1}, std::int8_t{0}}) {
         offload::CallRecord r = sample();
         r.pns_side = side;
         const auto b = offload::encode_record(r);
