@@ -310,7 +310,7 @@ struct NftOffload::Batch {
     std::size_t used = 0;
 };
 
-NftOffload::NftOffload(OffloadConfig config) : config_(std::move(config)), buffer_(256 * 1024) {
+NftOffload::NftOffload(OffloadConfig config) : config_(std::move(config)), buffer_(std::size_t{256} * 1024U) {
     if (config_.outside_interface.empty() || config_.outside_interface.size() >= IFNAMSIZ) {
         throw OffloadError("offload: an outside interface name is needed");
     }

@@ -30,6 +30,18 @@ rest in a second; absolute offsets cut the concatenated stream anywhere.
 ``--frame-size N`` pads each data frame's PPP payload to N bytes (default:
 just the unique key, about 40 bytes); with N above about 1460 the GRE packet
 exceeds a 1500-byte MTU and leaves the host as IP fragments.
+
+``--interactive`` holds the call after the first frames (and ``--hold``)
+until told otherwise on stdin, one command a line, reading GRE and answering
+Echo-Requests meanwhile; each command's outcome is one JSON line on stdout
+(``"event"`` names it; the first, ``ready``, comes once the first frames are
+done): ``send N [TIMEOUT]`` sends N more frames and waits (default
+``--timeout``) until they are all echoed; ``status`` reports; ``clear`` goes
+on with CCRQ/StopCCRQ as without the option; ``close`` closes the TCP
+connection without a Call-Clear-Request; end of input is ``clear`` (or
+``close`` with ``--no-clear``).  ``HeldCall`` drives it from a test.  Every
+result counts ``gre_rx_foreign``: PPP data frames on our Call ID that are
+not ours (another client's echoes).
 """
 
 import argparse
@@ -70,6 +82,7 @@ class Pns:
             "gre_rx_other_call": 0, "gre_rx_bad": 0, "rx_seq_first": None,
             "ctrl_rx": [], "segments_sent": 0, "error": None,
             "local": None, "closed_after_ccrq": False,
+            "gre_rx_foreign": 0,
         }
         self.stream_pos = 0
         self.msg_start = {}          # message name -> stream offset
@@ -237,6 +250,57 @@ class Pns:
             self.res["lcp_from_server"] = True
         elif proto == PROTO_IP and payload in self.keys:
             self.echoed.add(payload)
+        elif proto == PROTO_IP:
+            self.res["gre_rx_foreign"] += 1
+
+    # ---- --interactive
+    def report(self, event, **extra):
+        self.res["frames_echoed"] = len(self.echoed)
+        out = dict(self.res, event=event, **extra)
+        out.pop("ctrl_rx", None)
+        sys.stdout.write(json.dumps(out, sort_keys=True) + "\n")
+        sys.stdout.flush()
+
+    def interact(self):
+        """Commands from stdin until ``clear`` or ``close``; returns which."""
+        self.report("ready")
+        fd = sys.stdin.fileno()
+        buf = b""
+        while True:
+            while b"\n" not in buf:
+                r, _, _ = select.select([fd, self.gre, self.sock], [], [])
+                if self.sock in r:
+                    data = self.sock.recv(65536)
+                    if not data:
+                        raise ProtocolError("control connection closed")
+                    self._got_ctrl(data)
+                if self.gre in r:
+                    self._got_gre(self.gre.recv(65536))
+                if fd in r:
+                    chunk = os.read(fd, 4096)
+                    if not chunk:
+                        return "close" if self.a.no_clear else "clear"
+                    buf += chunk
+            line, buf = buf.split(b"\n", 1)
+            words = line.decode().split()
+            if not words:
+                continue
+            if words[0] in ("clear", "close"):
+                return words[0]
+            if words[0] == "send":
+                n = int(words[1])
+                timeout = float(words[2]) if len(words) > 2 else self.a.timeout
+                first = len(self.keys)
+                for i in range(n):
+                    self.send_frame(first + i)
+                    self.poll_gre(self.a.interval)
+                self.poll_gre(timeout, self.all_echoed)
+                new = sum(1 for k in self.keys[first:] if k in self.echoed)
+                self.report("sent", sent=n, echoed_new=new)
+            elif words[0] == "status":
+                self.report("status")
+            else:
+                self.report("error", command=line.decode())
 
     # ---- the whole run
     def run(self):
@@ -272,7 +336,9 @@ class Pns:
         if a.hold:
             self.poll_gre(a.hold)
         self.res["frames_echoed"] = len(self.echoed)
-        if a.no_clear:
+        if a.interactive and self.interact() == "close":
+            return
+        if a.no_clear and not a.interactive:
             return
         self.send_msgs([("CCRQ", P.ccrq(a.call_id))])
         # RFC 2637 wants a CDN; PoPToP 1.4.0 instead closes the control
@@ -328,6 +394,8 @@ def parse_args(argv=None):
                     help="never set the GRE A bit")
     ap.add_argument("--no-clear", action="store_true",
                     help="skip CCRQ/StopCCRQ, just close the TCP connection")
+    ap.add_argument("--interactive", action="store_true",
+                    help="hold the call, take commands on stdin (send N, status, clear, close)")
     return ap.parse_args(argv)
 
 
@@ -346,7 +414,7 @@ def main(argv=None):
             if s is not None:
                 s.close()
     pns.res["frames_echoed"] = len(pns.echoed)
-    if rc != 2 and a.frames > 0 and pns.res["frames_echoed"] == a.frames \
+    if rc != 2 and a.frames > 0 and pns.res["frames_echoed"] == max(a.frames, len(pns.keys)) \
             and pns.res["error"] is None:
         rc = 0
     print(json.dumps(pns.res, sort_keys=True), flush=True)
@@ -401,6 +469,73 @@ def run_synthetic(lab, client_index, call_id=7, frames=5, extra=(),
     return collect_synthetic(
         lab, spawn_synthetic(lab, client_index, call_id, frames, extra),
         timeout)
+
+
+class HeldCall:
+    """A synthetic PNS in ``--interactive`` mode in a client namespace: the
+    call stays up until ``clear()`` or ``close()``, with ``send(n)`` rounds
+    of frames in between.  Each method returns the PNS's JSON report (dict);
+    ``finish`` the final result as ``collect_synthetic`` does."""
+
+    def __init__(self, lab, client_index, call_id=7, frames=3, extra=(),
+                 timeout=20.0):
+        import subprocess
+        from lab import netns
+        self.lab = lab
+        self.index = client_index
+        self.timeout = timeout
+        env = dict(os.environ, PYTHONPATH=netns.TESTS_DIR)
+        argv = synthetic_argv(netns.SERVER_ADDR, call_id, frames,
+                              ["--bind", netns.client_addr(client_index),
+                               "--interactive"] + list(extra))
+        self.proc = lab.spawn("client%d" % client_index, argv, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.PIPE, text=True)
+        self.result = None
+
+    def _reply(self, timeout=None):
+        from lab import netns
+        line = netns.read_line(self.proc.stdout, timeout or self.timeout)
+        try:
+            return json.loads(line)
+        except ValueError:
+            return {"event": "none", "unparsed_stdout": line.decode(errors="replace"),
+                    "returncode": self.proc.poll()}
+
+    def ready(self, timeout=None):
+        """The first report, once the first frames are echoed (or not)."""
+        return self._reply(timeout)
+
+    def command(self, text, timeout=None):
+        try:
+            self.proc.stdin.write(text + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError) as e:
+            return {"event": "none", "error": repr(e), "returncode": self.proc.poll()}
+        return self._reply(timeout)
+
+    def send(self, n, wait=5.0):
+        """Sends n more frames, waits up to ``wait`` s for their echoes."""
+        return self.command("send %d %s" % (n, wait), timeout=wait + self.timeout)
+
+    def status(self):
+        return self.command("status")
+
+    def finish(self, how="clear", timeout=30.0):
+        """``clear`` or ``close``; the final result (``returncode`` added)."""
+        if self.result is None:
+            try:
+                self.proc.stdin.write(how + "\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+            self.result = collect_synthetic(self.lab, self.proc, timeout)
+        return self.result
+
+    clear = finish
+
+    def close(self, timeout=30.0):
+        return self.finish("close", timeout)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@
 //       ways round-robin over the calls for T seconds (unpaced, or --rate
 //       packets/s), echoes matched by call and sequence, RTT percentiles
 //       from a send timestamp in the payload, then teardown of every call.
-//       Prints one JSON object as its last stdout line.
+//       With --setup-calls M, then M more calls are set up (a window of them
+//       at a time, each with its first GRE packet) and torn down again: the
+//       call setup rate over M calls, whatever N is. Prints one JSON object
+//       as its last stdout line.
 //
 // Every message layout is RFC 2637's; no project code is needed.
 #include <arpa/inet.h>
@@ -748,6 +751,7 @@ struct PnsOptions {
     double paced_seconds = 0;
     std::uint16_t first_call_id = 1;
     unsigned window = 128;
+    std::uint32_t setup_calls = 0;  // the setup-rate phase: this many more calls, set up and torn down
     double setup_timeout = 120;
     unsigned batch = 32;
     bool sync = false;
@@ -842,17 +846,17 @@ public:
         setsockopt(gre_, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on));
         timeval tv{0, 20000};
         setsockopt(gre_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        if (o_.calls == 0 || o_.calls > 60000) die("--calls must be 1..60000");
+        if (o_.calls == 0 || o_.calls + o_.setup_calls > 60000) die("--calls + --setup-calls must be 1..60000");
         if (o_.payload < kPayloadHeader || o_.payload + kGreHeader + 60 > kMaxPacket) die("--payload out of range");
-        calls_.resize(o_.calls);
-        for (std::uint32_t i = 0; i < o_.calls; ++i) {
+        calls_.resize(o_.calls + o_.setup_calls);
+        for (std::uint32_t i = 0; i < calls_.size(); ++i) {
             calls_[i].own = static_cast<std::uint16_t>(o_.first_call_id + i);
             if (calls_[i].own == 0) die("Call IDs wrap to 0: lower --first-call-id");
         }
         epoll_ = epoll_create1(EPOLL_CLOEXEC);
 
         sync("ready");
-        const double setup_s = setup();
+        const double setup_s = setup(0, o_.calls);
         collect_primes();
         sync("setup_done");
 
@@ -862,8 +866,35 @@ public:
             phases.push_back(traffic("paced", o_.paced_rate, o_.paced_seconds, 2));
         }
         sync("traffic_done");
-        const double teardown_s = teardown();
+        const double teardown_s = teardown(up_);
         sync("teardown_done");
+
+        // The setup rate over setup_calls calls, the same in every run: the
+        // main calls are gone, so the agent's (or the helper's) tables hold
+        // only these.
+        struct {
+            std::uint64_t up = 0, failed = 0, primes_sent = 0, primes_echoed = 0, prime_bad_key = 0, down = 0,
+                          teardown_failed = 0;
+            double setup_s = 0, teardown_s = 0;
+        } rate;
+        if (o_.setup_calls > 0) {
+            const std::uint64_t failed0 = setup_failed_, sent0 = primes_sent_, echoed0 = primes_echoed_,
+                                bad0 = prime_bad_key_, down0 = torn_down_, tfailed0 = teardown_failed_;
+            sync("setup_rate_start");
+            active_ = &rate_up_;
+            rate.setup_s = setup(o_.calls, o_.calls + o_.setup_calls);
+            collect_primes();
+            sync("setup_rate_up");
+            rate.teardown_s = teardown(rate_up_);
+            sync("setup_rate_done");
+            rate.up = rate_up_.size();
+            rate.failed = setup_failed_ - failed0;
+            rate.primes_sent = primes_sent_ - sent0;
+            rate.primes_echoed = primes_echoed_ - echoed0;
+            rate.prime_bad_key = prime_bad_key_ - bad0;
+            rate.down = torn_down_ - down0;
+            rate.teardown_failed = teardown_failed_ - tfailed0;
+        }
 
         Json j;
         j.open('{')
@@ -874,21 +905,36 @@ public:
         j.key("setup").open('{');
         j.field("seconds", setup_s)
             .field("calls_up", up_.size())
-            .field("failed", setup_failed_)
+            .field("failed", main_setup_failed_)
             .field("calls_per_s", setup_s > 0 ? static_cast<double>(up_.size()) / setup_s : 0.0)
-            .field("primes_sent", primes_sent_)
-            .field("primes_echoed", primes_echoed_)
-            .field("prime_bad_key", prime_bad_key_);
+            .field("primes_sent", main_primes_sent_)
+            .field("primes_echoed", main_primes_echoed_)
+            .field("prime_bad_key", main_prime_bad_key_);
+        j.close('}');
+        j.key("setup_rate").open('{');
+        j.field("calls", o_.setup_calls)
+            .field("window", o_.window)
+            .field("seconds", rate.setup_s)
+            .field("calls_up", rate.up)
+            .field("failed", rate.failed)
+            .field("calls_per_s", rate.setup_s > 0 ? static_cast<double>(rate.up) / rate.setup_s : 0.0)
+            .field("primes_sent", rate.primes_sent)
+            .field("primes_echoed", rate.primes_echoed)
+            .field("prime_bad_key", rate.prime_bad_key)
+            .field("teardown_seconds", rate.teardown_s)
+            .field("calls_down", rate.down)
+            .field("teardown_failed", rate.teardown_failed)
+            .field("teardown_calls_per_s", rate.teardown_s > 0 ? static_cast<double>(rate.down) / rate.teardown_s : 0.0);
         j.close('}');
         j.key("phases").open('[');
         for (const auto& p : phases) write_phase(j, p);
         j.close(']');
         j.key("teardown").open('{');
         j.field("seconds", teardown_s)
-            .field("calls_down", torn_down_)
-            .field("failed", teardown_failed_)
+            .field("calls_down", main_torn_down_)
+            .field("failed", main_teardown_failed_)
             .field("cdn_wrong_call", cdn_wrong_call_)
-            .field("calls_per_s", teardown_s > 0 ? static_cast<double>(torn_down_) / teardown_s : 0.0);
+            .field("calls_per_s", teardown_s > 0 ? static_cast<double>(main_torn_down_) / teardown_s : 0.0);
         j.close('}');
         j.close('}');
         std::printf("%s\n", j.text().c_str());
@@ -1021,7 +1067,7 @@ private:
     void on_established(std::uint32_t index) {
         PnsCall& c = calls_[index];
         c.state = CallState::Up;
-        up_.push_back(index);
+        active_->push_back(index);
         // One GRE packet per call at once, as a real client's LCP: it also
         // consumes the kernel helper's expectations (4096 at most system-wide)
         // so that 10,000 calls can be set up in kernel mode.
@@ -1171,14 +1217,16 @@ private:
         }
     }
 
-    double setup() {
+    // Sets up calls [begin, end), at most --window at a time; they join *active_.
+    double setup(std::uint32_t begin, std::uint32_t end) {
         const std::uint64_t start = mono_ns();
         const auto deadline = start + static_cast<std::uint64_t>(o_.setup_timeout * 1e9);
-        std::uint32_t next = 0;
+        const std::size_t up0 = active_->size();
+        std::uint32_t next = begin;
         std::size_t in_flight = 0;
         auto launch = [&] {
             bool any = false;
-            while (in_flight < o_.window && next < o_.calls) {
+            while (in_flight < o_.window && next < end) {
                 if (start_connect(next)) {
                     ++in_flight;
                 } else {
@@ -1187,23 +1235,26 @@ private:
                 ++next;
                 any = true;
             }
-            return any || next < o_.calls;
+            return any || next < end;
         };
+        const std::uint64_t failed0 = setup_failed_;
         control_loop(in_flight, launch, true, deadline, setup_failed_);
         const double s = static_cast<double>(mono_ns() - start) / 1e9;
-        std::fprintf(stderr, "pptp-bench pns: %zu of %u calls up in %.3f s (%.0f calls/s), %" PRIu64 " failed\n",
-                     up_.size(), o_.calls, s, static_cast<double>(up_.size()) / s, setup_failed_);
+        const std::size_t up = active_->size() - up0;
+        std::fprintf(stderr, "pptp-bench pns: %zu of %u calls up in %.3f s (%.0f calls/s), %" PRIu64 " failed\n", up,
+                     end - begin, s, static_cast<double>(up) / s, setup_failed_ - failed0);
         return s;
     }
 
-    double teardown() {
+    // Tears down the calls in `list` (those up), at most --window at a time.
+    double teardown(const std::vector<std::uint32_t>& list) {
         const std::uint64_t start = mono_ns();
         const auto deadline = start + static_cast<std::uint64_t>(o_.setup_timeout * 1e9);
         std::size_t next = 0;
         std::size_t in_flight = 0;
         auto launch = [&] {
-            while (in_flight < o_.window && next < up_.size()) {
-                const std::uint32_t index = up_[next++];
+            while (in_flight < o_.window && next < list.size()) {
+                const std::uint32_t index = list[next++];
                 PnsCall& c = calls_[index];
                 if (c.fd < 0 || c.state != CallState::Up) {
                     ++teardown_failed_;
@@ -1217,19 +1268,28 @@ private:
                     ++in_flight;
                 }
             }
-            return next < up_.size();
+            return next < list.size();
         };
+        const std::uint64_t failed0 = teardown_failed_;
         control_loop(in_flight, launch, false, deadline, teardown_failed_);
+        std::uint64_t down = 0;
+        for (const std::uint32_t index : list) {
+            if (calls_[index].state == CallState::Done) ++down;
+        }
+        torn_down_ += down;
         for (auto& c : calls_) {
-            if (c.state == CallState::Done) ++torn_down_;
-            if (c.fd >= 0) {
+            if (c.fd >= 0 && c.state != CallState::Idle) {
                 close(c.fd);
                 c.fd = -1;
             }
         }
         const double s = static_cast<double>(mono_ns() - start) / 1e9;
-        std::fprintf(stderr, "pptp-bench pns: %" PRIu64 " calls torn down in %.3f s, %" PRIu64 " failed\n", torn_down_,
-                     s, teardown_failed_);
+        std::fprintf(stderr, "pptp-bench pns: %" PRIu64 " calls torn down in %.3f s, %" PRIu64 " failed\n", down, s,
+                     teardown_failed_ - failed0);
+        if (&list == &up_) {
+            main_torn_down_ = down;
+            main_teardown_failed_ = teardown_failed_ - failed0;
+        }
         return s;
     }
 
@@ -1460,9 +1520,14 @@ private:
     int gre_ = -1;
     int epoll_ = -1;
     std::vector<PnsCall> calls_;
-    std::vector<std::uint32_t> up_;
+    std::vector<std::uint32_t> up_;       // the main calls that came up (the traffic goes over these)
+    std::vector<std::uint32_t> rate_up_;  // those of the setup-rate phase
+    std::vector<std::uint32_t>* active_ = &up_;  // where calls coming up go
     std::uint64_t setup_failed_ = 0, teardown_failed_ = 0, torn_down_ = 0, cdn_wrong_call_ = 0;
     std::uint64_t primes_sent_ = 0, primes_echoed_ = 0, prime_bad_key_ = 0;
+    // The main calls' own figures (before the setup-rate phase adds to the totals).
+    std::uint64_t main_setup_failed_ = 0, main_primes_sent_ = 0, main_primes_echoed_ = 0, main_prime_bad_key_ = 0;
+    std::uint64_t main_torn_down_ = 0, main_teardown_failed_ = 0;
 };
 
 // ---------------------------------------------------------------- options
@@ -1473,8 +1538,9 @@ void usage(int rc) {
                  "  pptp-bench pac --listen ADDR [--first-call-id ID]\n"
                  "  pptp-bench pns --server ADDR [--calls N] [--payload BYTES] [--seconds T] [--rate PPS]\n"
                  "                 [--paced-rate PPS --paced-seconds T] [--first-call-id ID] [--window W]\n"
-                 "                 [--batch B] [--setup-timeout S] [--sync] [--json]\n"
+                 "                 [--batch B] [--setup-calls M] [--setup-timeout S] [--sync] [--json]\n"
                  "--rate 0 (default): as fast as the generator goes. --payload: PPP payload bytes (>= %zu).\n"
+                 "--setup-calls M: after the teardown, set up M more calls and tear them down (setup rate).\n"
                  "--sync: print 'SYNC <label>' at each phase boundary and wait for a line on stdin.\n",
                  kPayloadHeader);
     std::exit(rc);
@@ -1542,6 +1608,8 @@ int main(int argc, char** argv) {
                 o.batch = static_cast<unsigned>(number(value(i), "--batch"));
             } else if (a == "--setup-timeout") {
                 o.setup_timeout = number(value(i), "--setup-timeout");
+            } else if (a == "--setup-calls") {
+                o.setup_calls = static_cast<std::uint32_t>(number(value(i), "--setup-calls"));
             } else if (a == "--sync") {
                 o.sync = true;
             } else if (a == "--json") {
