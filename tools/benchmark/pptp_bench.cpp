@@ -858,6 +858,10 @@ public:
         sync("ready");
         const double setup_s = setup(0, o_.calls);
         collect_primes();
+        main_setup_failed_ = setup_failed_;
+        main_primes_sent_ = primes_sent_;
+        main_primes_echoed_ = primes_echoed_;
+        main_prime_bad_key_ = prime_bad_key_;
         sync("setup_done");
 
         std::vector<PhaseResult> phases;
@@ -1278,7 +1282,7 @@ private:
         }
         torn_down_ += down;
         for (auto& c : calls_) {
-            if (c.fd >= 0 && c.state != CallState::Idle) {
+            if (c.fd >= 0) {
                 close(c.fd);
                 c.fd = -1;
             }
