@@ -94,8 +94,28 @@ bool GreOffloadBridge::offload(const nat::Call& call) {
     return true;
 }
 
-void GreOffloadBridge::withdraw(const nat::Call& call) {
-    const int error = nft_.remove(record_of(call));
+void GreOffloadBridge::apply(nat::Call& call, const offload::ElementCounters& in, const offload::ElementCounters& out,
+                             nat::Instant now) {
+    const std::uint64_t packets_in = call.offload_base.packets_in + in.packets;
+    const std::uint64_t packets_out = call.offload_base.packets_out + out.packets;
+    if (packets_in != call.packets_in || packets_out != call.packets_out) {
+        call.last_activity = now;
+    }
+    call.packets_in = packets_in;
+    call.packets_out = packets_out;
+    call.bytes_in = call.offload_base.bytes_in + gre_bytes(in);
+    call.bytes_out = call.offload_base.bytes_out + gre_bytes(out);
+}
+
+void GreOffloadBridge::withdraw(nat::Call& call) {
+    const offload::CallRecord record = record_of(call);
+    // Its last figures, for the teardown log and the audit.
+    offload::ElementCounters in;
+    offload::ElementCounters out;
+    if (nft_.read_call(record, in, out) == 0) {
+        apply(call, in, out, call.last_activity);
+    }
+    const int error = nft_.remove(record);
     if (error != 0 && error != ENOENT) {
         ++withdraw_failures_;
         // The next poll removes what is left: an element of no live call.
@@ -139,15 +159,7 @@ void GreOffloadBridge::poll(nat::CallTable& table) {
                 stale.push_back(record);
                 return;
             }
-            const std::uint64_t packets_in = call->offload_base.packets_in + in.packets;
-            const std::uint64_t packets_out = call->offload_base.packets_out + out.packets;
-            if (packets_in != call->packets_in || packets_out != call->packets_out) {
-                call->last_activity = table.now();
-            }
-            call->packets_in = packets_in;
-            call->packets_out = packets_out;
-            call->bytes_in = call->offload_base.bytes_in + gre_bytes(in);
-            call->bytes_out = call->offload_base.bytes_out + gre_bytes(out);
+            apply(*call, in, out, table.now());
         });
     } catch (const offload::OffloadError& e) {
         ++poll_failures_;

@@ -19,7 +19,7 @@ public:
     explicit GreOffloadBridge(offload::NftOffload& nft) : nft_(nft) {}
 
     bool offload(const nat::Call& call) override;
-    void withdraw(const nat::Call& call) override;
+    void withdraw(nat::Call& call) override;
 
     // At start: takes into `table` the calls the kernel's maps hold, then
     // (re)builds the table keeping exactly those. Returns how many. Throws
@@ -28,6 +28,9 @@ public:
     // Reads the kernel's counters into the offloaded calls (an element that
     // moved counts as activity) and removes elements of no live call.
     void poll(nat::CallTable& table);
+    // The call's counters from its elements.
+    static void apply(nat::Call& call, const offload::ElementCounters& in, const offload::ElementCounters& out,
+                      nat::Instant now);
 
     [[nodiscard]] nlohmann::json stats() const;
 

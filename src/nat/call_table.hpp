@@ -206,7 +206,9 @@ public:
     virtual ~CallOffload() = default;
     // True when the call's GRE no longer comes to the queue.
     virtual bool offload(const Call& call) = 0;
-    virtual void withdraw(const Call& call) = 0;
+    // The call ends: its GRE goes back to the queue path (where it finds no
+    // call). May bring the call's counters up to date first.
+    virtual void withdraw(Call& call) = 0;
 };
 
 // An established call found where an earlier run of the agent left it (in

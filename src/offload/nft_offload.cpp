@@ -425,46 +425,63 @@ bool NftOffload::table_exists() {
     }
 }
 
-void NftOffload::dump_elements(const char* set_name, const std::function<void(const void*)>& each) {
+namespace {
+
+struct ElementContext {
+    const std::function<void(const void*)>* each;
+    const std::string* table;
+    const char* set;
+};
+
+int on_elements(const nlmsghdr* message, void* data) {
+    auto* ctx = static_cast<ElementContext*>(data);
+    SetPtr part = named_set(*ctx->table, ctx->set);
+    if (nftnl_set_elems_nlmsg_parse(message, part.get()) < 0) {
+        return MNL_CB_ERROR;
+    }
+    nftnl_set_elem_foreach(
+        part.get(),
+        [](nftnl_set_elem* e, void* d) -> int {
+            (*static_cast<ElementContext*>(d)->each)(e);
+            return 0;
+        },
+        ctx);
+    return MNL_CB_OK;
+}
+
+}  // namespace
+
+int NftOffload::get_element(const char* set_name, const void* key, const std::function<void(const void*)>& each) {
     SetPtr query = named_set(config_.table, set_name);
+    if (key != nullptr) {
+        add_element(query.get(), *static_cast<const Key*>(key), nullptr, 0);
+    }
     const std::uint32_t seq = ++sequence_;
-    auto* nlh = nftnl_nlmsg_build_hdr(buffer_.data(), NFT_MSG_GETSETELEM, NFPROTO_IPV4, NLM_F_DUMP | NLM_F_ACK, seq);
+    const std::uint16_t flags = key != nullptr ? NLM_F_ACK : NLM_F_DUMP;
+    auto* nlh = nftnl_nlmsg_build_hdr(buffer_.data(), NFT_MSG_GETSETELEM, NFPROTO_IPV4, flags, seq);
     nftnl_set_elems_nlmsg_build_payload(nlh, query.get());
     if (mnl_socket_sendto(socket_, nlh, nlh->nlmsg_len) < 0) {
-        throw OffloadError(std::string("offload: netlink send failed: ") + std::strerror(errno));
+        return errno;
     }
-    struct Context {
-        const std::function<void(const void*)>* each;
-        const std::string* table;
-        const char* set;
-    } context{&each, &config_.table, set_name};
-    auto on_message = [](const nlmsghdr* message, void* data) -> int {
-        auto* ctx = static_cast<Context*>(data);
-        SetPtr part = named_set(*ctx->table, ctx->set);
-        if (nftnl_set_elems_nlmsg_parse(message, part.get()) < 0) {
-            return MNL_CB_ERROR;
-        }
-        nftnl_set_elem_foreach(
-            part.get(),
-            [](nftnl_set_elem* e, void* d) -> int {
-                (*static_cast<Context*>(d)->each)(e);
-                return 0;
-            },
-            ctx);
-        return MNL_CB_OK;
-    };
+    ElementContext context{&each, &config_.table, set_name};
     for (;;) {
         const ssize_t n = mnl_socket_recvfrom(socket_, buffer_.data(), buffer_.size());
         if (n < 0) {
-            throw OffloadError(std::string("offload: netlink receive failed: ") + std::strerror(errno));
+            return errno;
         }
-        const int r = mnl_cb_run(buffer_.data(), static_cast<std::size_t>(n), seq, port_id_, on_message, &context);
+        const int r = mnl_cb_run(buffer_.data(), static_cast<std::size_t>(n), seq, port_id_, on_elements, &context);
         if (r < 0) {
-            throw OffloadError(std::string("offload: cannot read map ") + set_name + ": " + std::strerror(errno));
+            return errno;
         }
         if (r == MNL_CB_STOP) {
-            return;
+            return 0;
         }
+    }
+}
+
+void NftOffload::dump_elements(const char* set_name, const std::function<void(const void*)>& each) {
+    if (const int error = get_element(set_name, nullptr, each); error != 0) {
+        throw OffloadError(std::string("offload: cannot read map ") + set_name + ": " + std::strerror(error));
     }
 }
 
@@ -746,6 +763,19 @@ void NftOffload::read_counters(
         const auto out = outbound.find(outbound_key(record));
         each(record, counters_of(e), out == outbound.end() ? ElementCounters{} : out->second);
     });
+}
+
+int NftOffload::read_call(const CallRecord& record, ElementCounters& in, ElementCounters& out) {
+    const Key inbound = inbound_key(record);
+    const Key outbound = outbound_key(record);
+    int error = get_element(
+        kInKey, &inbound, [&](const void* p) { in = counters_of(static_cast<nftnl_set_elem*>(const_cast<void*>(p))); });
+    if (error == 0) {
+        error = get_element(kOutSource, &outbound, [&](const void* p) {
+            out = counters_of(static_cast<nftnl_set_elem*>(const_cast<void*>(p)));
+        });
+    }
+    return error;
 }
 
 int NftOffload::remove_table() {

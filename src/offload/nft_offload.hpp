@@ -107,6 +107,9 @@ public:
     int add(const CallRecord& record);
     // Removes them. 0 or an errno (ENOENT when they were not there).
     int remove(const CallRecord& record);
+    // One call's element counters (before its removal, for its last
+    // figures). 0 or an errno.
+    int read_call(const CallRecord& record, ElementCounters& in, ElementCounters& out);
     // Element counters of every offloaded call, keyed as the records.
     void read_counters(
         const std::function<void(const CallRecord&, const ElementCounters& in, const ElementCounters& out)>& each);
@@ -120,6 +123,8 @@ private:
     struct Batch;
     int commit(Batch& batch);
     void dump_elements(const char* set, const std::function<void(const void* nftnl_elem)>& each);
+    // Elements of `set` with the given key (one at most). 0 or an errno.
+    int get_element(const char* set, const void* key, const std::function<void(const void* nftnl_elem)>& each);
 
     OffloadConfig config_;
     ::mnl_socket* socket_ = nullptr;

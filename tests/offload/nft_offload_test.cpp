@@ -202,6 +202,14 @@ TEST_F(VethFixture, TheKernelCountsGreOfTheCallOnly) {
     send_gre(kOutside, 8);      // no call
     usleep(200'000);
     EXPECT_EQ(inbound_packets(nft, 7), 2u);
+    offload::ElementCounters in;
+    offload::ElementCounters out;
+    ASSERT_EQ(nft.read_call(record(7), in, out), 0);
+    EXPECT_EQ(in.packets, 2u);
+    EXPECT_EQ(in.bytes, 2u * (20 + 12));
+    EXPECT_EQ(out.packets, 0u);
+    EXPECT_EQ(nft.remove(record(7)), 0);
+    EXPECT_EQ(nft.read_call(record(7), in, out), ENOENT);
 }
 
 }  // namespace

@@ -353,7 +353,7 @@ public:
         offered.push_back(call.id);
         return accept;
     }
-    void withdraw(const Call& call) override { withdrawn.push_back(call.id); }
+    void withdraw(Call& call) override { withdrawn.push_back(call.id); }
     bool accept = true;
     std::vector<std::uint64_t> offered;
     std::vector<std::uint64_t> withdrawn;
