@@ -167,9 +167,6 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
     queue_config.max_length = options_.queue_max_length;
     queue_config.max_burst = options_.burst;
     queue_ = std::make_unique<nfq::Queue>(queue_config);
-    // With the queue bound (packets wait there meanwhile) and before
-    // privileges go: the netlink socket keeps the rights it was opened with.
-    start_offload();
 
     api_ = std::make_unique<control::ApiContext>(
         control::ApiContext{*table_, counters_, *handler_, [this] { return io_stats(); },
@@ -183,6 +180,10 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
     control_ = std::make_unique<control::Server>(options_.control_socket, [this](const nlohmann::json& request) {
         return control::handle_request(request, *api_);
     });
+    // With the queue bound (packets wait there meanwhile) and the control
+    // socket ours (no other agent runs with it), before privileges go: the
+    // netlink socket keeps the rights it was opened with.
+    start_offload();
 
     if (!options_.keep_capabilities) {
         drop_privileges(options_.user);
@@ -209,7 +210,7 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
                        ", outside " + options_.outside_interface + " (public address " +
                        pptp::format_ipv4(table_config.public_address) + "), fixup ports " + ports.str() +
                        ", control socket " + options_.control_socket +
-                       (options_.user ? ", user " + *options_.user : std::string()));
+                       (options_.user ? ", user " + *options_.user : std::string()) + ", " + offload_summary_);
     sd_notifyf(0, "READY=1\nSTATUS=queue %u bound, 0 calls\nMAINPID=%lu", static_cast<unsigned>(options_.queue),
                static_cast<unsigned long>(getpid()));
     std::uint64_t watchdog_usec = 0;
@@ -236,25 +237,24 @@ void Agent::start_offload() {
         if (options_.gre_offload == Mode::Off) {
             const std::size_t adopted = adopt_onto_queue_path(*nft_, *table_);
             offload_off_reason_ = "--gre-offload off";
-            if (adopted > 0) {
-                logging::write(logging::Level::Notice, "",
-                               "GRE offload off: " + std::to_string(adopted) +
-                                   " call(s) an earlier run offloaded now go through the queue");
-            }
+            offload_summary_ = "GRE offload off" + (adopted > 0 ? " (" + std::to_string(adopted) +
+                                                                      " call(s) an earlier run offloaded adopted "
+                                                                      "onto the queue, its table deleted)"
+                                                                : std::string());
             return;
         }
         auto bridge = std::make_unique<GreOffloadBridge>(*nft_);
         const std::size_t adopted = bridge->adopt_and_install(*table_);
         offload_ = std::move(bridge);
         table_->set_offload(offload_.get());
-        logging::write(logging::Level::Notice, "",
-                       "GRE offload: nf_tables table ip " + config.table + ", mark bit " + hex_mark(config.mark) +
-                           "; " + std::to_string(adopted) + " call(s) adopted from an earlier run");
+        offload_summary_ = "GRE offload in nf_tables table ip " + config.table + " (mark bit " + hex_mark(config.mark) +
+                           ", " + std::to_string(adopted) + " call(s) adopted from an earlier run)";
     } catch (const offload::OffloadError& e) {
         if (options_.gre_offload == Mode::Nft) {
             throw std::runtime_error(std::string(e.what()) + " (--gre-offload nft)");
         }
         offload_off_reason_ = e.what();
+        offload_summary_ = "GRE offload off (unavailable)";
         logging::write(logging::Level::Warning, "",
                        std::string("GRE offload unavailable, every GRE packet goes through the queue: ") + e.what());
         offload_.reset();

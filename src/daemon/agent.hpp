@@ -83,6 +83,7 @@ private:
     std::unique_ptr<offload::NftOffload> nft_;
     std::unique_ptr<GreOffloadBridge> offload_;  // null when GRE goes through the queue only
     std::string offload_off_reason_;
+    std::string offload_summary_;  // for the start-up log line
     std::uint64_t marked_in_queue_ = 0;
     bool watchdog_ = false;
     std::uint64_t ticks_ = 0;

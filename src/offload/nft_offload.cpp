@@ -34,12 +34,13 @@ constexpr std::uint8_t kRecordVersion = 1;
 // socket's send buffer.
 constexpr std::size_t kCallsPerTransaction = 512;
 
-// nftables' own type numbers (datatype.h), so that `nft list` shows the maps
-// as ipv4_addr . ipv4_addr . integer.
-constexpr std::uint32_t kTypeInteger = 4;
+// nftables' own type numbers (datatype.h), so that `nft list` can show the
+// maps: ipv4_addr . ipv4_addr . inet_service. A Call ID is 16 bits as a port
+// is; nft cannot print a concatenation with `integer`, which has no length.
 constexpr std::uint32_t kTypeIpv4 = 7;
+constexpr std::uint32_t kTypeCallId = 13;  // inet_service
 constexpr std::uint32_t kTypeBits = 6;
-constexpr std::uint32_t kKeyType = (((kTypeIpv4 << kTypeBits) | kTypeIpv4) << kTypeBits) | kTypeInteger;
+constexpr std::uint32_t kKeyType = (((kTypeIpv4 << kTypeBits) | kTypeIpv4) << kTypeBits) | kTypeCallId;
 
 // Registers: the key in 32-bit registers 0-2 (12 bytes), looked-up values in
 // 4 and 5.
@@ -595,7 +596,7 @@ void NftOffload::install(const std::vector<CallRecord>& keep) {
         std::uint32_t id;
     };
     const std::array<MapSpec, 3> maps{
-        {{kInAddr, kTypeIpv4, 4, false, 1}, {kInKey, kTypeInteger, 2, true, 2}, {kOutSource, kTypeIpv4, 4, true, 3}}};
+        {{kInAddr, kTypeIpv4, 4, false, 1}, {kInKey, kTypeCallId, 2, true, 2}, {kOutSource, kTypeIpv4, 4, true, 3}}};
     for (const MapSpec& m : maps) {
         SetPtr s = named_set(table, m.name);
         nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_MAP);

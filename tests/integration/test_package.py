@@ -309,14 +309,22 @@ class Package(unittest.TestCase):
                 self.assertIsNone(exit_problem(lab.stop_process(state["proc"], timeout=10), output()), output())
                 state["proc"] = None
                 self.assertTrue(wait_notification("STOPPING=1", 1), notices)
-                self.assertNotIn("PPTP_FIXUP", lab.router_exec(["iptables-save"]).stdout,
-                                 "a clean stop removes the rules")
-                # The unit's ExecStopPost= after a clean stop: removes nothing more, succeeds.
+                # A stop leaves the rules and the offload table (a restart keeps
+                # offloaded calls); the unit's ExecStopPost= after a requested
+                # stop that is not a restart removes both.
+                self.assertIn("PPTP_FIXUP", lab.router_exec(["iptables-save"]).stdout,
+                              "a stop leaves the rules")
+                self.assertIn("table ip pptp_fixup", lab.router_exec(["nft", "list", "tables"]).stdout,
+                              "a stop leaves the offload table")
                 stop_post = unit["ExecStopPost"][0].lstrip("+-").replace("$$", "$")
-                r = lab.router_exec(["env", "SERVICE_RESULT=success", "PATH=%s:/usr/bin:/bin" %
+                r = lab.router_exec(["env", "SERVICE_RESULT=success", "PATH=%s:/usr/sbin:/usr/bin:/sbin:/bin" %
                                      os.path.dirname(rules)] + shlex.split(stop_post.replace(
                                          "/usr/sbin/pptp-fixup-rules", rules)))
-                self.assertIn("removed rules", r.stdout)
+                self.assertIn("removed rules and the GRE offload", r.stdout)
+                self.assertNotIn("PPTP_FIXUP", lab.router_exec(["iptables-save"]).stdout,
+                                 "a stop for good removes the rules")
+                self.assertNotIn("pptp_fixup", lab.router_exec(["nft", "list", "tables"]).stdout,
+                                 "a stop for good removes the offload table")
                 log("daemon log:\n" + output())
                 self.assertIn("302017", output())
         finally:
