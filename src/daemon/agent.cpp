@@ -279,7 +279,9 @@ nlohmann::json Agent::offload_stats() const {
 }
 
 nfq::SinkVerdict Agent::on_packet(const nfq::PacketMeta& meta, std::span<std::uint8_t> packet) {
-    if (offload_ && (meta.mark & options_.offload_mark) != 0) {
+    constexpr std::size_t kIpProtocolOffset = 9;
+    if (offload_ && (meta.mark & options_.offload_mark) != 0 && packet.size() > kIpProtocolOffset &&
+        packet[kIpProtocolOffset] == pptp::kIpProtoGre) {
         // Translated by the kernel already; only an older rule set (without
         // the mark match) queues such a packet.
         if (marked_in_queue_++ == 0) {
@@ -407,9 +409,12 @@ void Agent::reload() {
         return;
     }
     if (fresh.queue != options_.queue || fresh.outside_interface != options_.outside_interface ||
-        fresh.public_address != options_.public_address || fresh.control_socket != options_.control_socket) {
+        fresh.public_address != options_.public_address || fresh.control_socket != options_.control_socket ||
+        fresh.gre_offload != options_.gre_offload || fresh.offload_mark != options_.offload_mark ||
+        fresh.offload_poll_seconds != options_.offload_poll_seconds) {
         logging::write(logging::Level::Warning, "",
-                       "reload: queue, outside, public-address and control-socket changes need a restart; kept");
+                       "reload: queue, outside, public-address, control-socket and offload changes need a restart; "
+                       "kept");
     }
     logging::set_level(fresh.log_level);
     table_->set_config(fresh.table);

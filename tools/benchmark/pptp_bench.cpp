@@ -928,7 +928,8 @@ public:
             .field("teardown_seconds", rate.teardown_s)
             .field("calls_down", rate.down)
             .field("teardown_failed", rate.teardown_failed)
-            .field("teardown_calls_per_s", rate.teardown_s > 0 ? static_cast<double>(rate.down) / rate.teardown_s : 0.0);
+            .field("teardown_calls_per_s",
+                   rate.teardown_s > 0 ? static_cast<double>(rate.down) / rate.teardown_s : 0.0);
         j.close('}');
         j.key("phases").open('[');
         for (const auto& p : phases) write_phase(j, p);
@@ -1524,8 +1525,8 @@ private:
     int gre_ = -1;
     int epoll_ = -1;
     std::vector<PnsCall> calls_;
-    std::vector<std::uint32_t> up_;       // the main calls that came up (the traffic goes over these)
-    std::vector<std::uint32_t> rate_up_;  // those of the setup-rate phase
+    std::vector<std::uint32_t> up_;              // the main calls that came up (the traffic goes over these)
+    std::vector<std::uint32_t> rate_up_;         // those of the setup-rate phase
     std::vector<std::uint32_t>* active_ = &up_;  // where calls coming up go
     std::uint64_t setup_failed_ = 0, teardown_failed_ = 0, torn_down_ = 0, cdn_wrong_call_ = 0;
     std::uint64_t primes_sent_ = 0, primes_echoed_ = 0, prime_bad_key_ = 0;

@@ -1,27 +1,42 @@
 #!/usr/bin/python3
 """Benchmark pptp-fixupd against the kernel's PPTP helper (run as root).
 
-For each configuration (calls x payload), two runs in alternating order, each
-in a fresh namespace lab (tests/lab): mode "agent" (project rules +
-pptp-fixupd, no kernel helper) and mode "kernel-helper" (the kernel's
-nf_conntrack_pptp / nf_nat_pptp, no agent). In each run, `pptp-bench pac`
-(synthetic PAC + GRE reflector) runs in the server namespace and `pptp-bench
-pns` in client1: it sets up N calls through the real control exchange, sends
-GRE round-robin over them, unpaced ("max") for --seconds and then paced at
---paced-rate for --paced-seconds, and tears the calls down. At each phase
-boundary the PNS waits while this script samples the agent (CPU time from
-/proc/PID/stat, VmRSS, its `stats`), the whole machine's CPU (/proc/stat) and,
-in kernel mode, conntrack (GRE entries, expectations, helper-bound TCP).
+For each configuration (calls x payload), three runs in alternating order,
+each in a fresh namespace lab (tests/lab):
+  agent-queue    project rules + pptp-fixupd --gre-offload off: every GRE
+                 packet through NFQUEUE and the agent (no kernel helper);
+  agent-offload  project rules + pptp-fixupd --gre-offload nft: established
+                 calls' GRE translated in the kernel by the agent's nf_tables
+                 maps; the queue sees control messages and what comes before
+                 a call is established (no kernel helper);
+  kernel-helper  the kernel's nf_conntrack_pptp / nf_nat_pptp, no agent.
+In each run, `pptp-bench pac` (synthetic PAC + GRE reflector) runs in the
+server namespace and `pptp-bench pns` in client1: it sets up N calls through
+the real control exchange, sends GRE round-robin over them, unpaced ("max")
+for --seconds and then paced at --paced-rate for --paced-seconds, tears the
+calls down, then sets up and tears down --setup-calls more calls (the setup
+rate, measured over the same number of calls in every configuration). At
+each phase boundary the PNS waits while this script samples the agent (CPU
+time from /proc/PID/stat, VmRSS, its `stats`, in places its `sessions`), the
+whole machine's CPU (/proc/stat) and kernel memory (/proc/slabinfo,
+/proc/meminfo) and, in kernel mode, conntrack.
 
-A fresh lab per run: no conntrack entries, TIME_WAIT sockets, agent table or
-heap carried from one run to the next, so the two modes never see each
-other's state and every RSS baseline is clean (about 2 s per run).
+A fresh lab per run: no conntrack entries, TIME_WAIT sockets, agent table,
+offload table or heap carried from one run to the next.
 
-Prints a data-plane table, a control-plane table and the trust checks, and
-writes everything as JSON (--json-out, default build/bench/results.json).
+Then `pptp-offload-scale` (--scale-calls, default 65,536; --scale-rounds
+times, each in a namespace of its own) measures what that many offloaded
+calls cost: setup rate with the map programming, the counter read, a
+restart's adoption, memory per call in the agent and in the kernel.
+
+Prints the data-plane table, the ratios against the kernel helper with the
+targets, the control-plane table, the scale figures and the trust checks;
+writes everything as JSON (--json-out, default build/bench/results.json) and
+draws the ratios (results.png and results.svg beside the JSON; needs
+python3-matplotlib, without it the JSON is still written).
 
     tools/benchmark/run.py [--quick] [--seconds T] [--calls 1,100,10000]
-                           [--payloads 64,1400] [--paced-rate PPS]
+                           [--payloads 64,1400] [--paced-rate PPS] [--modes ...]
 """
 
 import argparse
@@ -31,6 +46,7 @@ import os
 import platform
 import queue
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -44,20 +60,39 @@ from lab import netns  # noqa: E402
 from lab.agent import agent_hooks  # noqa: E402
 from lab.netns import Lab  # noqa: E402
 
-MODES = ("agent", "kernel-helper")
+MODES = ("agent-queue", "agent-offload", "kernel-helper")
+AGENT_MODES = {"agent-queue": "off", "agent-offload": "nft"}  # mode -> --gre-offload
+ALIASES = {"agent": "agent-queue", "queue": "agent-queue", "offload": "agent-offload", "kernel": "kernel-helper"}
+KERNEL = "kernel-helper"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
+
+# The issue's targets for agent-offload, each against the kernel helper of the same run.
+TARGETS = {
+    "rate_1_call": 1.0,          # delivered GRE rate >= 1.0x kernel at 1 call
+    "rate_10000_calls": 9.0,     # >= 9x at 10,000 calls
+    "cpu_per_packet": 1.0,       # whole-machine CPU per delivered packet <= 1.0x kernel
+    "p99_added_us": 50.0,        # paced p99 <= kernel p99 + 50 us
+    "setups_per_s": 5000.0,      # call setups/s with the map programming in
+}
 
 
 def log(*a):
     print("[bench]", *a, file=sys.stderr, flush=True)
 
 
-def bench_binary(args):
+def tool_dir(args):
     if args.bench_bin:
-        return args.bench_bin
+        return os.path.dirname(os.path.abspath(args.bench_bin))
     src = os.environ.get("PPTP_FIXUP_BIN", os.path.join(REPO, "build", "release", "src"))
-    return os.path.join(os.path.dirname(os.path.abspath(src)), "tools", "benchmark", "pptp-bench")
+    return os.path.join(os.path.dirname(os.path.abspath(src)), "tools", "benchmark")
+
+
+def bench_binary(args):
+    return args.bench_bin or os.path.join(tool_dir(args), "pptp-bench")
+
+
+def scale_binary(args):
+    return args.scale_bin or os.path.join(tool_dir(args), "pptp-offload-scale")
 
 
 # ---------------------------------------------------------------- sampling
@@ -95,13 +130,36 @@ def proc_sched(pid):
 
 
 def system_cpu():
-    """Whole machine: busy and steal seconds (all CPUs)."""
+    """Whole machine (/proc/stat, all CPUs): busy, softirq, steal, idle seconds."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
     return {"busy": (user + nice + system + irq + softirq) / CLK_TCK,
             "softirq": softirq / CLK_TCK, "steal": steal / CLK_TCK,
             "idle": (idle + iowait) / CLK_TCK}
+
+
+def kernel_memory():
+    """Whole machine: slab objects in use (sum of active_objs x objsize over
+    /proc/slabinfo) plus Percpu and VmallocUsed from /proc/meminfo, bytes."""
+    objects = 0
+    try:
+        with open("/proc/slabinfo") as f:
+            for line in f:
+                if line.startswith(("slabinfo", "#")):
+                    continue
+                p = line.split()
+                if len(p) > 3:
+                    objects += int(p[1]) * int(p[3])
+    except OSError:
+        return None
+    mem = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            mem[k] = int(v.split()[0]) * 1024
+    return {"slab_objects": objects, "percpu": mem.get("Percpu", 0), "vmalloc": mem.get("VmallocUsed", 0),
+            "total": objects + mem.get("Percpu", 0) + mem.get("VmallocUsed", 0)}
 
 
 def softnet_drops():
@@ -118,12 +176,17 @@ def count_lines(text):
 
 
 class Sampler:
+    # Where the agent's `sessions` is summed (the kernel's per-call counters in
+    # offload mode, read by the agent before it answers): before and after
+    # the traffic. Not inside a measured phase: the PNS waits meanwhile.
+    SESSION_LABELS = ("setup_done", "traffic_done")
+
     def __init__(self, lab, mode, pids):
         self.lab = lab
         self.mode = mode
         self.pids = dict(pids)  # role -> pid of the harness's own processes
         self.pid = None
-        if mode == "agent":
+        if mode in AGENT_MODES:
             self.pid = lab.agent.proc.pid
             with open("/proc/%d/comm" % self.pid) as f:
                 comm = f.read().strip()
@@ -132,19 +195,31 @@ class Sampler:
 
     def sample(self, label, heavy=False):
         s = {"label": label, "t": time.monotonic(), "system": system_cpu(),
-             "softnet_drops": softnet_drops()}
+             "softnet_drops": softnet_drops(), "kernel_memory": kernel_memory()}
         for role, pid in self.pids.items():
             s[role + "_cpu"] = proc_cpu(pid)
         if self.pid is not None:
             s["agent_cpu"] = proc_cpu(self.pid)
             s["agent_sched"] = proc_sched(self.pid)
             s.update(proc_status(self.pid))
+            t0 = time.monotonic()
             st = self.lab.agent.stats()
+            s["stats_s"] = time.monotonic() - t0
             s["agent_counters"] = st.get("counters", {})
             s["agent_dropped"] = {k: v for k, v in st.get("dropped", {}).items() if v}
             s["agent_queue"] = st.get("queue", {})
             s["agent_live_calls"] = st.get("live_calls")
-        if heavy and self.mode == "kernel-helper":
+            s["agent_offload"] = st.get("offload")
+            if label in self.SESSION_LABELS:
+                t0 = time.monotonic()
+                sessions = self.lab.agent.sessions()
+                s["sessions_s"] = time.monotonic() - t0
+                s["sessions"] = {
+                    "calls": len(sessions),
+                    "offloaded": sum(1 for x in sessions if x.get("offloaded")),
+                    "packets_in": sum(x.get("packets_in", 0) for x in sessions),
+                    "packets_out": sum(x.get("packets_out", 0) for x in sessions)}
+        if heavy and self.mode == KERNEL:
             s["conntrack_gre"] = count_lines(self.lab.conntrack("-L", "-p", "gre"))
             s["conntrack_expect"] = count_lines(self.lab.conntrack("-L", "expect"))
             tcp = self.lab.conntrack("-L", "-p", "tcp", "--dport", "1723")
@@ -163,19 +238,27 @@ def diff(a, b, *path):
 
 # --------------------------------------------------------------------- run
 
-def run_one(args, bench, mode, calls, payload):
+def run_one(args, bench, mode, calls, payload, setup_calls=0, seconds=None, paced=True):
+    """One run in a fresh lab. setup_calls > 0: after the main calls are torn
+    down, the PNS sets up and tears down that many more (the setup rate)."""
+    seconds = args.seconds if seconds is None else seconds
+    paced_seconds = args.paced_seconds if paced else 0
     hooks = {}
-    if mode == "agent":
+    lab_mode = mode
+    if mode in AGENT_MODES:
+        lab_mode = "agent"
         # Defaults, except the limits the load needs (one inside host with N
         # control connections) and a public Call ID range that never equals
-        # an inside ID (1..N), so every GRE packet's key really is rewritten
-        # and the PNS's key check proves the translation.
-        hooks = agent_hooks(call_id_allocation="preserve", extra_args=[
+        # an inside ID (1..N+M), so every GRE packet's key really is
+        # rewritten and the PNS's key check proves the translation.
+        hooks = agent_hooks(call_id_allocation="preserve", gre_offload=AGENT_MODES[mode], extra_args=[
             "--max-connections-per-host", "65536", "--max-connections", "65536",
-            "--call-id-range", "%d-65535" % (calls + 1)])
+            "--max-calls-per-host", "65536", "--max-calls", "65536",
+            "--call-id-range", "%d-65535" % (calls + setup_calls + 1)])
     t0 = time.monotonic()
-    result = {"mode": mode, "calls": calls, "payload": payload, "checks": []}
-    with Lab(clients=1, mode=mode, name_hint="b", **hooks) as lab:
+    result = {"mode": mode, "calls": calls, "payload": payload, "checks": [],
+              "kind": "setup-rate" if setup_calls else "config"}
+    with Lab(clients=1, mode=lab_mode, name_hint="b", **hooks) as lab:
         plog = open(os.path.join(lab.tmpdir, "pac.log"), "w+b")
         pac = lab.spawn("server", [bench, "pac", "--listen", lab.server_addr],
                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=plog)
@@ -187,11 +270,13 @@ def run_one(args, bench, mode, calls, payload):
             time.sleep(0.05)
         nlog = open(os.path.join(lab.tmpdir, "pns.log"), "w+b")
         argv = [bench, "pns", "--server", lab.server_addr, "--calls", str(calls),
-                "--payload", str(payload), "--seconds", str(args.seconds),
+                "--payload", str(payload), "--seconds", str(seconds),
                 "--rate", str(args.rate), "--window", str(args.window),
                 "--setup-timeout", str(args.setup_timeout), "--sync", "--json"]
-        if args.paced_rate > 0 and args.paced_seconds > 0:
-            argv += ["--paced-rate", str(args.paced_rate), "--paced-seconds", str(args.paced_seconds)]
+        if args.paced_rate > 0 and paced_seconds > 0:
+            argv += ["--paced-rate", str(args.paced_rate), "--paced-seconds", str(paced_seconds)]
+        if setup_calls > 0:
+            argv += ["--setup-calls", str(setup_calls)]
         pns = lab.spawn("client1", argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=nlog)
         # `ip netns exec` execs the command, so these pids are pptp-bench's own.
         sampler = Sampler(lab, mode, {"pac": pac.pid, "pns": pns.pid})
@@ -205,7 +290,7 @@ def run_one(args, bench, mode, calls, payload):
         threading.Thread(target=reader, daemon=True).start()
         samples = {}
         pns_json = None
-        line_timeout = args.setup_timeout + 2 * (args.seconds + args.paced_seconds) + 60
+        line_timeout = 2 * args.setup_timeout + 2 * (seconds + paced_seconds) + 60
         while True:
             try:
                 line = lines.get(timeout=line_timeout)
@@ -234,7 +319,7 @@ def run_one(args, bench, mode, calls, payload):
         result["pns"] = pns_json
         result["pns_rc"] = rc
         result["samples"] = samples
-        if mode == "agent":
+        if mode in AGENT_MODES:
             result["agent_log_tail"] = lab.agent.output().strip().splitlines()[-5:]
     result["wall_s"] = time.monotonic() - t0
     summarise(result)
@@ -248,9 +333,15 @@ def phase_of(pns, name):
     return None
 
 
+def per(a, b, scale=1.0):
+    """a / b * scale, or None."""
+    return (scale * a / b) if (a is not None and b) else None
+
+
 def summarise(r):
     """Derived figures and trust checks of one run."""
     s, pns, mode, n = r["samples"], r["pns"], r["mode"], r["calls"]
+    is_agent = mode in AGENT_MODES
     checks = r["checks"]
 
     def check(ok, what):
@@ -263,7 +354,7 @@ def summarise(r):
           "first GRE packet echoed on %d of %d calls" % (setup["primes_echoed"], setup["calls_up"]))
     check(pns["teardown"]["calls_down"] == setup["calls_up"],
           "%d of %d calls torn down cleanly" % (pns["teardown"]["calls_down"], setup["calls_up"]))
-    if mode == "agent":
+    if is_agent:
         check(pns["teardown"]["cdn_wrong_call"] == 0, "CDN Call ID changed on the way")
     for p in pns["phases"]:
         for k in ("bad_key", "bad_source", "duplicates", "wrong_call", "unknown", "not_pptp", "stale"):
@@ -285,24 +376,27 @@ def summarise(r):
         p["system_softirq_s"] = b["system"]["softirq"] - a["system"]["softirq"]
         p["steal_s"] = b["system"]["steal"] - a["system"]["steal"]
         p["softnet_drops"] = b["softnet_drops"] - a["softnet_drops"]
-        p["system_cpu_us_per_echo"] = (1e6 * p["system_busy_s"] / p["received"]) if p["received"] else None
+        # Whole machine (/proc/stat busy time of all CPUs) per delivered echo:
+        # everything the machine did meanwhile, other tenants included.
+        p["system_cpu_us_per_echo"] = per(p["system_busy_s"], p["received"], 1e6)
         # CPU of everything on the path and nothing else: the harness's two
         # processes, the agent, and softirq time (where the kernel forwards,
-        # runs conntrack and the helper, and queues to the agent; with IRQ
-        # time accounting it is not charged to any task). Other tenants of
-        # the machine are left out, which /proc/stat's busy time is not.
+        # runs conntrack, the helper or the offload maps, and queues to the
+        # agent; with IRQ time accounting it is not charged to any task).
+        # Other tenants of the machine are left out, which /proc/stat's busy
+        # time is not.
         p["pns_cpu_s"] = b["pns_cpu"] - a["pns_cpu"]
         p["pac_cpu_s"] = b["pac_cpu"] - a["pac_cpu"]
         p["path_cpu_s"] = p["pns_cpu_s"] + p["pac_cpu_s"] + p["system_softirq_s"] + (
-            (b["agent_cpu"] - a["agent_cpu"]) if mode == "agent" else 0)
-        p["path_cpu_us_per_echo"] = (1e6 * p["path_cpu_s"] / p["received"]) if p["received"] else None
-        # A paced phase that could not be offered at its rate (the kernel
-        # forwards inside the sender's own send calls, so a slow path slows
-        # the generator) or lost packets measured an overloaded path.
+            (b["agent_cpu"] - a["agent_cpu"]) if is_agent else 0)
+        p["path_cpu_us_per_echo"] = per(p["path_cpu_s"], p["received"], 1e6)
         # Packets the harness itself lost (socket buffers of the PNS or the
         # PAC overflowed): counted in loss%, but not the path's doing.
         p["harness_drops"] = p["rx_socket_drops"] + (
             r.get("pac", {}).get("rx_socket_drops", 0) if name == "max" else 0)
+        # A paced phase that could not be offered at its rate (the kernel
+        # forwards inside the sender's own send calls, so a slow path slows
+        # the generator) or lost packets measured an overloaded path.
         p["overloaded"] = bool(p["target_rate"] and (p["offered_pps"] < 0.95 * p["target_rate"]
                                                      or p["loss_pct"] > 1.0))
         # Busy time of the machine that was not the path's: other tenants
@@ -311,13 +405,17 @@ def summarise(r):
         if p["foreign_cpu_s"] > 0.25 * p["seconds"]:
             r.setdefault("noise", []).append("%s phase: %.1f CPU s of other work on the machine during %.1f s" % (
                 name, p["foreign_cpu_s"], p["seconds"]))
-        if mode == "agent":
+        if is_agent:
             p["agent_cpu_s"] = b["agent_cpu"] - a["agent_cpu"]
             p["agent_rss"] = b.get("VmRSS")
             gin = diff(a, b, "agent_counters", "gre_inbound") or 0
             gout = diff(a, b, "agent_counters", "gre_outbound") or 0
             p["agent_gre_in"], p["agent_gre_out"] = gin, gout
-            p["agent_cpu_us_per_packet"] = (1e6 * p["agent_cpu_s"] / (gin + gout)) if gin + gout else None
+            p["agent_cpu_us_per_packet"] = per(p["agent_cpu_s"], gin + gout, 1e6)
+            p["agent_cpu_us_per_echo"] = per(p["agent_cpu_s"], p["received"], 1e6)
+            # Each echo crossed the router twice; the share of those crossings
+            # the queue (and so the agent) saw.
+            p["queue_gre_share"] = per(gin + gout, 2 * p["received"])
             p["queue_dropped"] = diff(a, b, "agent_queue", "kernel", "dropped")
             p["queue_user_dropped"] = diff(a, b, "agent_queue", "kernel", "user_dropped")
             p["agent_packets_dropped"] = diff(a, b, "agent_counters", "packets_dropped")
@@ -326,17 +424,28 @@ def summarise(r):
             p["agent_voluntary_switches"] = diff(a, b, "agent_sched", "voluntary_ctxt_switches")
             p["agent_involuntary_switches"] = diff(a, b, "agent_sched", "nonvoluntary_ctxt_switches")
             p["agent_batches"] = diff(a, b, "agent_queue", "agent", "batches_sent")
-            # Each echo crossed the agent twice; what it saw must cover what came back.
-            check(gout >= p["received"] and gin >= p["received"],
-                  "%s phase: agent counters (out %d, in %d) below the echoes (%d)" % (name, gout, gin,
-                                                                                   p["received"]))
+            if mode == "agent-queue":
+                # Each echo crossed the agent twice; what it saw must cover what came back.
+                check(gout >= p["received"] and gin >= p["received"],
+                      "%s phase: agent counters (out %d, in %d) below the echoes (%d)" % (
+                          name, gout, gin, p["received"]))
+            else:
+                check(gin + gout <= 0.1 * 2 * p["received"],
+                      "%s phase: the queue saw %d GRE packets for %d echoes (not offloaded?)" % (
+                          name, gin + gout, p["received"]))
             check(not p["agent_packets_dropped"],
                   "%s phase: the agent dropped %s packets itself" % (name, p["agent_packets_dropped"]))
-        else:
-            # Path loss on the way out vs on the way back, from the PAC's view.
-            pass
-    if mode == "agent":
-        r0, r1 = s.get("ready", {}), s.get("setup_done", {})
+
+    received = sum(p["received"] for p in pns["phases"])
+    r["echoes"] = received
+    r0, r1 = s.get("ready", {}), s.get("setup_done", {})
+    # Kernel memory per call (whole machine: slab objects + percpu + vmalloc),
+    # calls up vs before setup. Includes the harness's two TCP sockets per
+    # call and the router's conntrack entries in every mode; meaningful at
+    # 10,000 calls, noise (other tenants) at small N.
+    km = diff(r0, r1, "kernel_memory", "total")
+    r["kernel_bytes_per_call"] = per(km, n)
+    if is_agent:
         r["agent_rss_ready"] = r0.get("VmRSS")
         r["agent_rss_up"] = r1.get("VmRSS")
         r["agent_rss_peak"] = max((x.get("VmHWM", 0) for x in s.values()), default=None)
@@ -346,6 +455,30 @@ def summarise(r):
         r["agent_teardown_cpu_s"] = diff(s.get("traffic_done", {}), s.get("teardown_done", {}), "agent_cpu")
         check(r1.get("agent_live_calls") == n, "agent lists %s live calls, expected %d" % (
             r1.get("agent_live_calls"), n))
+        off0 = r0.get("agent_offload") or {}
+        off1 = r1.get("agent_offload") or {}
+        r["offload_mode"] = off1.get("mode")
+        r["offload_installed"] = (off1.get("installed") or 0) - (off0.get("installed") or 0)
+        r["offload_calls"] = off1.get("calls")
+        # The calls' own counters (the kernel's, in offload mode, read by the
+        # agent when asked) must cover every echo both ways.
+        t0, t1 = r1.get("sessions", {}), s.get("traffic_done", {}).get("sessions", {})
+        if t0 and t1:
+            r["sessions_packets_out"] = t1["packets_out"] - t0["packets_out"]
+            r["sessions_packets_in"] = t1["packets_in"] - t0["packets_in"]
+            check(r["sessions_packets_out"] >= received and r["sessions_packets_in"] >= received,
+                  "call counters (out %d, in %d) below the echoes (%d)" % (
+                      r["sessions_packets_out"], r["sessions_packets_in"], received))
+        tq0, tq1 = s.get("max_start", {}), s.get("paced_done") or s.get("max_done") or {}
+        r["queue_gre_traffic"] = (diff(tq0, tq1, "agent_counters", "gre_inbound") or 0) + (
+            diff(tq0, tq1, "agent_counters", "gre_outbound") or 0)
+        if mode == "agent-offload":
+            check(r["offload_mode"] == "nft", "offload mode is %r, not nft" % r["offload_mode"])
+            check(r["offload_installed"] >= n, "%s calls offloaded of %d" % (r["offload_installed"], n))
+            check(off1.get("calls") == n, "agent reports %s offloaded calls of %d" % (off1.get("calls"), n))
+            check(off1.get("install_failures", 0) == 0, "%s offload install failures" % off1.get("install_failures"))
+        else:
+            check(r["offload_mode"] == "off", "offload mode is %r, not off" % r["offload_mode"])
     else:
         sd = s.get("setup_done", {})
         r["conntrack_gre"] = sd.get("conntrack_gre")
@@ -359,6 +492,75 @@ def summarise(r):
     r["setup_calls_per_s"] = setup["calls_per_s"]
     r["teardown_calls_per_s"] = pns["teardown"]["calls_per_s"]
 
+    # The setup-rate phase: M more calls after the main ones are gone.
+    sr = pns.get("setup_rate") or {}
+    if sr.get("calls"):
+        m = sr["calls"]
+        r["setup_rate_calls"] = m
+        r["setup_rate_per_s"] = sr["calls_per_s"]
+        r["setup_rate_teardown_per_s"] = sr["teardown_calls_per_s"]
+        check(sr["calls_up"] == m, "setup-rate phase: only %d of %d calls set up" % (sr["calls_up"], m))
+        check(sr["primes_echoed"] == sr["calls_up"], "setup-rate phase: first GRE packet echoed on %d of %d" % (
+            sr["primes_echoed"], sr["calls_up"]))
+        check(sr["calls_down"] == sr["calls_up"], "setup-rate phase: %d of %d torn down" % (
+            sr["calls_down"], sr["calls_up"]))
+        a, b = s.get("setup_rate_start", {}), s.get("setup_rate_up", {})
+        if is_agent:
+            r["agent_cpu_us_per_setup"] = per(diff(a, b, "agent_cpu"), sr["calls_up"], 1e6)
+            if mode == "agent-offload":
+                inst = diff(a, b, "agent_offload", "installed")
+                r["setup_rate_offloaded"] = inst
+                check((inst or 0) >= m, "setup-rate phase: %s of %d calls offloaded" % (inst, m))
+        r["system_cpu_us_per_setup"] = per(diff(a, b, "system", "busy"), sr["calls_up"], 1e6)
+
+
+# ---------------------------------------------------------------- scale tool
+
+def run_scale(args):
+    """pptp-offload-scale --scale-rounds times; medians of its figures."""
+    exe = scale_binary(args)
+    if not os.access(exe, os.X_OK):
+        return {"error": "no pptp-offload-scale at %s" % exe}
+    rounds = []
+    for i in range(args.scale_rounds):
+        log("offload scale: %d calls, round %d of %d ..." % (args.scale_calls, i + 1, args.scale_rounds))
+        try:
+            cp = subprocess.run([exe, "--calls", str(args.scale_calls)], capture_output=True, text=True,
+                                timeout=300)
+            rounds.append(json.loads(cp.stdout.strip().splitlines()[-1]))
+            if cp.returncode != 0:
+                rounds[-1]["error"] = "exit %d: %s" % (cp.returncode, cp.stderr.strip())
+        except (subprocess.SubprocessError, ValueError, IndexError, OSError) as e:
+            return {"error": "pptp-offload-scale failed: %r" % (e,), "rounds": rounds}
+
+    def med(*path):
+        vals = []
+        for x in rounds:
+            for p in path:
+                x = x.get(p) if isinstance(x, dict) else None
+            if isinstance(x, (int, float)):
+                vals.append(x)
+        return statistics.median(vals) if vals else None
+
+    return {
+        "calls": args.scale_calls, "rounds": rounds,
+        "errors": [x["error"] for x in rounds if "error" in x],
+        "offloaded_min": min((x.get("offloaded", 0) for x in rounds), default=0),
+        "setup_calls_per_s": med("setup", "calls_per_s"),
+        "poll_seconds": med("counter_read", "poll_seconds"),
+        "dump_seconds": med("counter_read", "dump_seconds"),
+        "adopt_seconds": med("adopt", "seconds"),
+        "adopt_calls_per_s": med("adopt", "calls_per_s"),
+        "teardown_calls_per_s": med("teardown", "calls_per_s"),
+        "agent_bytes_per_call": med("agent", "bytes_per_call"),
+        "kernel_bytes_per_call": med("kernel", "bytes_per_call"),
+        "kernel_slab_objects_per_call": med("kernel", "slab_objects_per_call"),
+        "kernel_percpu_per_call": med("kernel", "percpu_per_call"),
+        "kernel_vmalloc_per_call": med("kernel", "vmalloc_per_call"),
+        "kernel_total_bytes_per_call": med("kernel", "total_bytes_per_call"),
+        "kernel_empty_table_bytes": med("kernel", "empty_table_bytes"),
+    }
+
 
 # ------------------------------------------------------------------ report
 
@@ -366,87 +568,193 @@ def fmt(v, spec="%.0f", none="-"):
     return none if v is None else spec % v
 
 
-def ratio(a, b):
-    return (a / b) if (a is not None and b) else None
+def mean(vals):
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
-def build_rows(runs):
+def build_rows(runs, modes):
+    """Per configuration: each mode's figures and, for each agent mode, its
+    ratios against the kernel helper of the same configuration and run."""
     rows = []
     by = {}
     for r in runs:
         by.setdefault((r["calls"], r["payload"]), {})[r["mode"]] = r
-    for (calls, payload), modes in by.items():
-        a, k = modes.get("agent"), modes.get("kernel-helper")
-        row = {"calls": calls, "payload": payload}
-        for name in ("max", "paced"):
-            pa = phase_of(a["pns"], name) if a else None
-            pk = phase_of(k["pns"], name) if k else None
-            if pa and pk:
-                row[name] = {
-                    "delivered_pps_ratio": ratio(pa["delivered_pps"], pk["delivered_pps"]),
-                    "p50_added_us": pa["rtt_us"]["p50"] - pk["rtt_us"]["p50"]
-                    if pa["rtt_us"]["p50"] is not None and pk["rtt_us"]["p50"] is not None else None,
-                    "p99_added_us": pa["rtt_us"]["p99"] - pk["rtt_us"]["p99"]
-                    if pa["rtt_us"]["p99"] is not None and pk["rtt_us"]["p99"] is not None else None,
-                    "path_cpu_per_echo_ratio": ratio(pa.get("path_cpu_us_per_echo"),
-                                                     pk.get("path_cpu_us_per_echo")),
-                    "path_cpu_per_echo_added_us": (pa["path_cpu_us_per_echo"] - pk["path_cpu_us_per_echo"])
-                    if pa.get("path_cpu_us_per_echo") and pk.get("path_cpu_us_per_echo") else None,
-                    "overloaded": {"agent": pa.get("overloaded"), "kernel-helper": pk.get("overloaded")},
-                }
-        if a and k:
-            row["setup_rate_ratio"] = ratio(a["setup_calls_per_s"], k["setup_calls_per_s"])
-            row["teardown_rate_ratio"] = ratio(a["teardown_calls_per_s"], k["teardown_calls_per_s"])
+    for (calls, payload), present in by.items():
+        row = {"calls": calls, "payload": payload, "modes": {}, "vs_kernel": {}}
+        for mode in modes:
+            r = present.get(mode)
+            if r is None:
+                continue
+            m = phase_of(r["pns"], "max") or {}
+            pc = phase_of(r["pns"], "paced") or {"rtt_us": {}}
+            row["modes"][mode] = {
+                "delivered_pps": m.get("delivered_pps"),
+                "system_cpu_us_per_echo": m.get("system_cpu_us_per_echo"),
+                "path_cpu_us_per_echo": m.get("path_cpu_us_per_echo"),
+                "paced_system_cpu_us_per_echo": pc.get("system_cpu_us_per_echo"),
+                "paced_p50_us": pc["rtt_us"].get("p50"),
+                "paced_p99_us": pc["rtt_us"].get("p99"),
+                "paced_overloaded": pc.get("overloaded"),
+                "setup_calls_per_s": r.get("setup_calls_per_s"),
+                "teardown_calls_per_s": r.get("teardown_calls_per_s"),
+                "queue_gre_share": m.get("queue_gre_share"),
+            }
+        k = row["modes"].get(KERNEL)
+        for mode, f in row["modes"].items():
+            if mode == KERNEL or k is None:
+                continue
+
+            def sub(a, b):
+                return (a - b) if (a is not None and b is not None) else None
+
+            row["vs_kernel"][mode] = {
+                "delivered_pps": per(f["delivered_pps"], k["delivered_pps"]),
+                "system_cpu_per_echo": per(f["system_cpu_us_per_echo"], k["system_cpu_us_per_echo"]),
+                "path_cpu_per_echo": per(f["path_cpu_us_per_echo"], k["path_cpu_us_per_echo"]),
+                "paced_system_cpu_per_echo": per(f["paced_system_cpu_us_per_echo"],
+                                                 k["paced_system_cpu_us_per_echo"]),
+                "p99_added_us": sub(f["paced_p99_us"], k["paced_p99_us"]),
+                "p50_added_us": sub(f["paced_p50_us"], k["paced_p50_us"]),
+                "setup_main": per(f["setup_calls_per_s"], k["setup_calls_per_s"]),
+                "kernel_overloaded_paced": k["paced_overloaded"],
+            }
         rows.append(row)
     return rows
 
 
-def print_report(runs, rows, out=sys.stdout):
+def setup_summary(setup_runs):
+    """The setup-rate runs: per mode, setups/s over --setup-calls calls."""
+    out = {}
+    for r in setup_runs:
+        if "error" in r or not r.get("setup_rate_calls"):
+            continue
+        out[r["mode"]] = {"calls": r["setup_rate_calls"], "setup_per_s": r.get("setup_rate_per_s"),
+                          "teardown_per_s": r.get("setup_rate_teardown_per_s"),
+                          "agent_cpu_us_per_setup": r.get("agent_cpu_us_per_setup"),
+                          "system_cpu_us_per_setup": r.get("system_cpu_us_per_setup"),
+                          "offloaded": r.get("setup_rate_offloaded"), "checks": r["checks"]}
+    k = out.get(KERNEL)
+    for mode, f in out.items():
+        if mode != KERNEL and k:
+            f["vs_kernel"] = per(f["setup_per_s"], k["setup_per_s"])
+    return out
+
+
+def target_verdicts(rows, setups, scale):
+    """The issue's targets for agent-offload, one line each."""
+    out = []
+
+    def verdict(name, config, value, ok, bound):
+        out.append({"target": name, "config": config, "value": value, "met": ok, "bound": bound})
+
+    for row in rows:
+        v = row["vs_kernel"].get("agent-offload")
+        if v is None:
+            continue
+        cfg = "%dc/%dB" % (row["calls"], row["payload"])
+        if row["calls"] == 1:
+            x = v["delivered_pps"]
+            verdict("rate >= %.1fx kernel at 1 call" % TARGETS["rate_1_call"], cfg, x,
+                    x is not None and x >= TARGETS["rate_1_call"], TARGETS["rate_1_call"])
+        if row["calls"] >= 10000:
+            x = v["delivered_pps"]
+            verdict("rate >= %.0fx kernel at 10,000 calls" % TARGETS["rate_10000_calls"], cfg, x,
+                    x is not None and x >= TARGETS["rate_10000_calls"], TARGETS["rate_10000_calls"])
+        x = v["system_cpu_per_echo"]
+        verdict("CPU/packet <= %.1fx kernel" % TARGETS["cpu_per_packet"], cfg, x,
+                x is not None and x <= TARGETS["cpu_per_packet"], TARGETS["cpu_per_packet"])
+        x = v["p99_added_us"]
+        verdict("added p99 <= %.0f us" % TARGETS["p99_added_us"], cfg, x,
+                x is not None and x <= TARGETS["p99_added_us"], TARGETS["p99_added_us"])
+    f = setups.get("agent-offload")
+    if f:
+        x = f["setup_per_s"]
+        verdict("setups/s >= %.0f (%d calls, window)" % (TARGETS["setups_per_s"], f["calls"]), "setup run", x,
+                x is not None and x >= TARGETS["setups_per_s"], TARGETS["setups_per_s"])
+    if scale and scale.get("setup_calls_per_s") is not None:
+        x = scale["setup_calls_per_s"]
+        verdict("setups/s >= %.0f (offload-scale, %d calls, no packets)" % (TARGETS["setups_per_s"],
+                                                                          scale["calls"]),
+                "scale", x, x >= TARGETS["setups_per_s"], TARGETS["setups_per_s"])
+    return out
+
+
+def print_report(runs, rows, setups, scale, verdicts, modes, args, out=sys.stdout):
     def p(*a):
         print(*a, file=out)
 
-    hdr = ("%-12s %-13s %8s %8s %7s %6s %7s %7s %7s %8s %6s %6s %6s %7s %6s %6s %7s" %
-           ("config", "mode", "offer/s", "deliv/s", "loss%", "qdrop%", "p50us", "p99us", "pcd50", "pcd99",
-            "agCPUs", "ag-us/p", "RSSMiB", "us/echo", "ratio", "cpu-r", "+p99us"))
-    p("\nData plane. 'max' phase: unpaced for the configured time; 'pcd' = paced phase (same target rate")
-    p("in both modes; '*' = overloaded: offered below 95% of the target or loss above 1%). deliv/s = valid")
-    p("echoes per second; loss% = 1 - echoes/sent; qdrop% = share of sent packets the kernel dropped at")
-    p("the agent's full NFQUEUE. p50/p99 = round trip PNS->PAC->PNS, microseconds (max phase: includes")
-    p("queueing under overload). agCPUs = agent CPU seconds in the max phase; ag-us/p = agent CPU per")
-    p("packet it handled; us/echo = CPU of the whole path (harness + agent + softirq) per echo.")
-    p("loss% marked 'h': part of it was lost by the harness itself (a socket buffer of the PNS or PAC")
-    p("overflowed; see the checks). ratio = agent/kernel delivered pps (max phase); cpu-r = agent/kernel")
-    p("us/echo (max phase); +p99us = agent p99 - kernel p99 (paced phase).")
+    all_runs = runs
+    runs = [r for r in all_runs if r.get("kind") != "setup-rate"]
+
+    def name(r):
+        return ("setup-rate run" if r.get("kind") == "setup-rate" else "%dc/%dB" % (r["calls"], r["payload"]))
+
+    p("\nData plane, one line per run. 'max' phase: unpaced for the configured time; 'pcd' = paced phase")
+    p("(same target rate in every mode; '*' = overloaded: offered below 95% of the target or loss above 1%).")
+    p("deliv/s = valid echoes per second; loss% = 1 - echoes/sent ('h': partly lost by the harness itself);")
+    p("qdrop% = share of sent packets the kernel dropped at the agent's full NFQUEUE; queue% = share of the")
+    p("echoes' router crossings the queue saw (100 on the queue path, ~0 offloaded). p50/p99 = round trip")
+    p("PNS->PAC->PNS in us (max phase: includes queueing under overload). agCPUs = agent CPU s in the max")
+    p("phase. sys-us = whole-machine busy CPU (/proc/stat) per echo; path-us = CPU of the path only (harness")
+    p("+ agent + softirq) per echo; both max phase.")
+    hdr = ("%-12s %-13s %8s %8s %7s %6s %6s %7s %7s %6s %8s %6s %6s %7s %7s" %
+           ("config", "mode", "offer/s", "deliv/s", "loss%", "qdrop%", "queue%", "p50us", "p99us", "pcd50",
+            "pcd99", "agCPUs", "RSSMiB", "sys-us", "path-us"))
     p(hdr)
     p("-" * len(hdr))
-    rowmap = {(r["calls"], r["payload"]): r for r in rows}
     for r in runs:
         m = phase_of(r["pns"], "max") or {}
         pc = phase_of(r["pns"], "paced") or {"rtt_us": {}}
-        row = rowmap.get((r["calls"], r["payload"]), {})
-        is_agent = r["mode"] == "agent"
-        qdrop = (100.0 * m["queue_dropped"] / m["sent"]) if is_agent and m.get("queue_dropped") is not None \
-            and m.get("sent") else None
-        p("%-12s %-13s %8s %8s %7s %6s %7s %7s %7s %8s %6s %6s %6s %7s %6s %6s %7s" % (
+        is_agent = r["mode"] in AGENT_MODES
+        qdrop = per(m.get("queue_dropped"), m.get("sent"), 100.0) if is_agent else None
+        p("%-12s %-13s %8s %8s %7s %6s %6s %7s %7s %6s %8s %6s %6s %7s %7s" % (
             "%dc/%dB" % (r["calls"], r["payload"]), r["mode"],
             fmt(m.get("offered_pps")), fmt(m.get("delivered_pps")),
             fmt(m.get("loss_pct"), "%.2f") + ("h" if m.get("harness_drops") else " "),
             fmt(qdrop, "%.2f"),
+            fmt(per(m.get("queue_gre_share"), 1, 100.0), "%.1f") if is_agent else "-",
             fmt(m.get("rtt_us", {}).get("p50")), fmt(m.get("rtt_us", {}).get("p99")),
             fmt(pc["rtt_us"].get("p50")),
             fmt(pc["rtt_us"].get("p99")) + ("*" if pc.get("overloaded") else " "),
             fmt(m.get("agent_cpu_s"), "%.2f") if is_agent else "-",
-            fmt(m.get("agent_cpu_us_per_packet"), "%.2f") if is_agent else "-",
             fmt((r.get("agent_rss_up") or 0) / 2**20, "%.1f") if is_agent else "-",
-            fmt(m.get("path_cpu_us_per_echo"), "%.1f"),
-            fmt(row.get("max", {}).get("delivered_pps_ratio"), "%.2f") if is_agent else "",
-            fmt(row.get("max", {}).get("path_cpu_per_echo_ratio"), "%.2f") if is_agent else "",
-            fmt(row.get("paced", {}).get("p99_added_us"), "%+.0f") if is_agent else ""))
+            fmt(m.get("system_cpu_us_per_echo"), "%.1f"),
+            fmt(m.get("path_cpu_us_per_echo"), "%.1f")))
 
-    p("\nControl plane (calls set up = SCCRQ/SCCRP/OCRQ/OCRP + first GRE packet; torn down = CCRQ/CDN/"
-      "StopCCRQ/RP)")
-    hdr2 = "%-7s %-13s %11s %11s %7s %7s %11s %11s" % ("calls", "mode", "setup/s", "teardown/s", "ratio",
-                                                       "ratio", "RSS up MiB", "bytes/call")
+    p("\nAgainst the kernel helper, same configuration, same run (x = mode / kernel). rate-x = delivered")
+    p("echoes/s, max phase; cpu-x = whole-machine CPU (/proc/stat) per delivered echo, max phase; path-x = the")
+    p("same for the path's CPU only; +p99us = the mode's p99 round trip minus the kernel helper's, paced phase")
+    p("('*' = the kernel helper was overloaded there); setup/s = the configuration's N calls set up (window")
+    p("--window; one call's latency at N = 1), setup-x its ratio. Targets for agent-offload: rate-x >= 1.0 at")
+    p("1 call and >= 9 at 10,000 calls, cpu-x <= 1.0, +p99us <= 50; setups/s >= 5000: see 'Setup rate'.")
+    hdr = "%-12s %-13s %7s %6s %6s %8s %8s %7s" % ("config", "mode", "rate-x", "cpu-x", "path-x", "+p99us",
+                                                    "setup/s", "setup-x")
+    p(hdr)
+    p("-" * len(hdr))
+    for row in rows:
+        for mode in modes:
+            f = row["modes"].get(mode)
+            if f is None:
+                continue
+            v = row["vs_kernel"].get(mode, {})
+            p("%-12s %-13s %7s %6s %6s %8s %8s %7s" % (
+                "%dc/%dB" % (row["calls"], row["payload"]), mode,
+                fmt(v.get("delivered_pps"), "%.2f", "" if mode == KERNEL else "-"),
+                fmt(v.get("system_cpu_per_echo"), "%.2f", "" if mode == KERNEL else "-"),
+                fmt(v.get("path_cpu_per_echo"), "%.2f", "" if mode == KERNEL else "-"),
+                (fmt(v.get("p99_added_us"), "%+.0f") + ("*" if v.get("kernel_overloaded_paced") else " "))
+                if mode != KERNEL else "",
+                fmt(f.get("setup_calls_per_s")),
+                fmt(v.get("setup_main"), "%.2f", "" if mode == KERNEL else "-")))
+
+    p("\nControl plane of the configurations: setup/s = the N calls set up (SCCRQ/SCCRP/OCRQ/OCRP, then one")
+    p("GRE packet each; window --window), down/s = torn down (CCRQ/CDN/StopCCRQ/RP); agent-us = agent CPU per")
+    p("call set up; agent B/call = agent RSS growth per call; kern B/call = whole-machine kernel memory")
+    p("growth per call (slab objects + percpu + vmalloc; includes the harness's sockets and conntrack in")
+    p("every mode; noise below ~1000 calls).")
+    hdr2 = "%-7s %-13s %9s %9s %8s %9s %10s %10s" % (
+        "calls", "mode", "setup/s", "down/s", "agent-us", "RSS MiB", "agent B/c", "kern B/c")
     p(hdr2)
     p("-" * len(hdr2))
     seen = set()
@@ -456,30 +764,210 @@ def print_report(runs, rows, out=sys.stdout):
             continue
         seen.add(key)
         same = [x for x in runs if x["calls"] == r["calls"] and x["mode"] == r["mode"]]
-        setup = sum(x["setup_calls_per_s"] for x in same) / len(same)
-        down = sum(x["teardown_calls_per_s"] for x in same) / len(same)
-        other = [x for x in runs if x["calls"] == r["calls"] and x["mode"] != r["mode"]]
-        oset = sum(x["setup_calls_per_s"] for x in other) / len(other) if other else None
-        odown = sum(x["teardown_calls_per_s"] for x in other) / len(other) if other else None
-        is_agent = r["mode"] == "agent"
-        bpc = [x.get("agent_bytes_per_call") for x in same if x.get("agent_bytes_per_call") is not None]
-        p("%-7d %-13s %11.0f %11.0f %7s %7s %11s %11s" % (
-            r["calls"], r["mode"], setup, down,
-            fmt(ratio(setup, oset), "%.2f") if is_agent else "",
-            fmt(ratio(down, odown), "%.2f") if is_agent else "",
+        is_agent = r["mode"] in AGENT_MODES
+        p("%-7d %-13s %9s %9s %8s %9s %10s %10s" % (
+            r["calls"], r["mode"],
+            fmt(mean(x.get("setup_calls_per_s") for x in same)),
+            fmt(mean(x.get("teardown_calls_per_s") for x in same)),
+            fmt(mean(per(x.get("agent_setup_cpu_s"), x["calls"], 1e6) for x in same)) if is_agent else "-",
             fmt((r.get("agent_rss_up") or 0) / 2**20, "%.1f") if is_agent else "-",
-            fmt(sum(bpc) / len(bpc), "%.0f") if is_agent and bpc else "-"))
-    noisy = [(r, n) for r in runs for n in r.get("noise", [])]
+            fmt(mean(x.get("agent_bytes_per_call") for x in same)) if is_agent else "-",
+            fmt(mean(x.get("kernel_bytes_per_call") for x in same))))
+
+    if setups:
+        p("\nSetup rate: one more run per mode, in a fresh lab: %d calls set up, %d at a time, each with its" % (
+            next(iter(setups.values()))["calls"], args.window))
+        p("first GRE packet, then torn down (after one 1-call configuration whose figures are not used).")
+        p("agent-us / sys-us = agent / whole-machine CPU per call set up; offloaded = calls whose maps the")
+        p("agent programmed meanwhile (agent-offload).")
+        hdr3 = "%-13s %9s %7s %9s %8s %8s %9s" % ("mode", "setup/s", "x kern", "down/s", "agent-us", "sys-us",
+                                                   "offloaded")
+        p(hdr3)
+        p("-" * len(hdr3))
+        for mode in modes:
+            f = setups.get(mode)
+            if f is None:
+                continue
+            p("%-13s %9s %7s %9s %8s %8s %9s" % (
+                mode, fmt(f["setup_per_s"]), fmt(f.get("vs_kernel"), "%.2f", ""), fmt(f["teardown_per_s"]),
+                fmt(f["agent_cpu_us_per_setup"]), fmt(f["system_cpu_us_per_setup"]),
+                fmt(f["offloaded"]) if mode == "agent-offload" else "-"))
+
+    if scale:
+        p("\nOffloaded calls at scale (pptp-offload-scale: the agent's CallTable + offload bridge, no packets,")
+        p("a namespace of its own; median of %d round(s)):" % len(scale.get("rounds", [])))
+        if scale.get("error") or scale.get("errors"):
+            p("  FAILED: %s" % (scale.get("error") or "; ".join(scale["errors"])))
+        if scale.get("setup_calls_per_s") is not None:
+            p("  %d calls: %.0f setups/s with the map programming (one transaction per call); counter read"
+              % (scale["calls"], scale["setup_calls_per_s"]))
+            p("  %.3f s (the agent's poll; bare dump %.3f s); restart adoption %.2f s (%.0f calls/s); removal"
+              % (scale["poll_seconds"], scale["dump_seconds"], scale["adopt_seconds"], scale["adopt_calls_per_s"]))
+            p("  %.0f calls/s. Memory per call: agent %.0f B (RSS), kernel %.0f B (slab objects %.0f + percpu"
+              % (scale["teardown_calls_per_s"], scale["agent_bytes_per_call"], scale["kernel_bytes_per_call"],
+                 scale["kernel_slab_objects_per_call"]))
+            p("  %.0f + vmalloc %.0f); with the empty table's own share %.0f B; empty table %.0f B."
+              % (scale["kernel_percpu_per_call"], scale["kernel_vmalloc_per_call"],
+                 scale["kernel_total_bytes_per_call"], scale["kernel_empty_table_bytes"]))
+
+    if verdicts:
+        p("\nTargets (agent-offload against the kernel helper, same run):")
+        for v in verdicts:
+            p("  %-4s %-58s %-12s %s" % ("met" if v["met"] else "MISS", v["target"], v["config"],
+                                        fmt(v["value"], "%.2f")))
+
+    noisy = [(r, n) for r in all_runs for n in r.get("noise", [])]
     if noisy:
         p("\nNoise: other processes used the CPUs during %d phase(s); compare ratios, not absolute figures:" %
           len(noisy))
         for r, n in noisy:
-            p("  %dc/%dB %s: %s" % (r["calls"], r["payload"], r["mode"], n))
-    problems = [(r, c) for r in runs for c in r["checks"]]
-    p("\nChecks: %s" % ("all passed (keys, sources, sequence, duplicates, socket drops, counters)"
+            p("  %s %s: %s" % (name(r), r["mode"], n))
+    problems = [(r, c) for r in all_runs for c in r["checks"]]
+    p("\nChecks: %s" % ("all passed (keys, sources, sequence, duplicates, socket drops, counters, offload)"
                         if not problems else "%d problem(s)" % len(problems)))
     for r, c in problems:
-        p("  %dc/%dB %s: %s" % (r["calls"], r["payload"], r["mode"], c))
+        p("  %s %s: %s" % (name(r), r["mode"], c))
+
+
+# ------------------------------------------------------------------- chart
+
+def draw_chart(doc, base):
+    """results.png and results.svg beside the JSON: the ratios at a glance.
+    Returns the paths written, or a reason why none."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None, "python3-matplotlib is not installed (apt-get install python3-matplotlib); no chart"
+    rows = [r for r in doc["rows"] if r["vs_kernel"]]
+    if not rows:
+        return None, "no configuration with the kernel helper and an agent mode; no chart"
+    agent_modes = [m for m in doc["meta"]["modes"] if m in AGENT_MODES]
+    colours = {"agent-queue": "#d08c30", "agent-offload": "#2e7bbf", KERNEL: "#888888"}
+    labels = ["%d call%s\n%d B" % (r["calls"], "" if r["calls"] == 1 else "s", r["payload"]) for r in rows]
+    x = list(range(len(rows)))
+    width = 0.8 / max(1, len(agent_modes))
+
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    fig.suptitle("pptp-fixupd vs the kernel's PPTP helper (same run, %s; %s)" % (
+        doc["meta"]["date"], "quick: figures not meaningful" if doc["meta"]["quick"] else
+        "%g s unpaced, %g kpps paced" % (doc["meta"]["seconds"], doc["meta"]["paced_rate"] / 1000)))
+
+    def bars(ax, key, title, ylabel, log=False, lines=(), source="vs_kernel", signed=False):
+        for i, mode in enumerate(agent_modes):
+            vals = [(r[source].get(mode) or {}).get(key) for r in rows]
+            xs = [xi + (i - (len(agent_modes) - 1) / 2) * width for xi in x]
+            h = [v if v is not None else 0 for v in vals]
+            b = ax.bar(xs, h, width, label=mode, color=colours[mode])
+            for rect, v in zip(b, vals):
+                if v is not None:
+                    ax.annotate(("%+.0f" if signed else "%.2g") % v,
+                                (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                                ha="center", va="bottom" if v >= 0 else "top", fontsize=7)
+        for y, text, style in lines:
+            ax.axhline(y, color="k", linestyle=style, linewidth=1)
+            ax.annotate(text, (ax.get_xlim()[1], y), ha="right", va="bottom", fontsize=7)
+        if log:
+            ax.set_yscale("log")
+        if signed:
+            ax.set_yscale("symlog", linthresh=100)
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.legend(fontsize=7)
+
+    bars(axes[0][0], "delivered_pps", "Delivered GRE rate vs kernel helper (max phase)", "x kernel", log=True,
+         lines=((1.0, "1.0x (target at 1 call)", "--"), (9.0, "9x (target at 10,000 calls)", ":")))
+    bars(axes[0][1], "system_cpu_per_echo", "Whole-machine CPU per delivered packet vs kernel (max phase)",
+         "x kernel", lines=((1.0, "1.0x (target: at most)", "--"),))
+    bars(axes[0][2], "p99_added_us", "Added p99 round trip at %g kpps paced (mode - kernel)" % (
+        doc["meta"]["paced_rate"] / 1000), "us (symlog)", signed=True, lines=((50, "+50 us (target: at most)",
+                                                                              "--"), (0, "", "-")))
+
+    ax = axes[1][0]
+    all_modes = doc["meta"]["modes"]
+    setups = doc.get("setup_rate") or {}
+    groups = []
+    if setups:
+        groups.append(("setup run\n%d calls" % next(iter(setups.values()))["calls"],
+                       {m: f.get("setup_per_s") for m, f in setups.items()}))
+    for r in rows:
+        groups.append(("%d call%s\n(config)" % (r["calls"], "" if r["calls"] == 1 else "s"),
+                       {m: f.get("setup_calls_per_s") for m, f in r["modes"].items()}))
+    seen_groups = set()
+    groups = [g for g in groups if not (g[0] in seen_groups or seen_groups.add(g[0]))]  # one per call count
+    w = 0.8 / max(1, len(all_modes))
+    for i, mode in enumerate(all_modes):
+        vals = [g[1].get(mode) for g in groups]
+        xs = [xi + (i - (len(all_modes) - 1) / 2) * w for xi in range(len(groups))]
+        b = ax.bar(xs, [v or 0 for v in vals], w, label=mode, color=colours[mode])
+        for rect, v in zip(b, vals):
+            if v:
+                ax.annotate("%.0f" % v, (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center",
+                            va="bottom", fontsize=7)
+    ax.axhline(TARGETS["setups_per_s"], color="k", linestyle="--", linewidth=1)
+    ax.annotate("5,000/s (target: at least)", (ax.get_xlim()[1], TARGETS["setups_per_s"]), ha="right",
+                va="bottom", fontsize=7)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([g[0] for g in groups], fontsize=8)
+    ax.set_title("Call setups/s (window %d; at 1 call: one call's latency)" % doc["meta"]["window"], fontsize=10)
+    ax.set_ylabel("calls/s", fontsize=8)
+    ax.legend(fontsize=7)
+
+    ax = axes[1][1]
+    scale = doc.get("scale") or {}
+    names, vals, cols = [], [], []
+    if scale.get("agent_bytes_per_call") is not None:
+        names += ["agent\n(CallTable)", "kernel\n(nft maps)"]
+        vals += [scale["agent_bytes_per_call"], scale["kernel_bytes_per_call"]]
+        cols += [colours["agent-offload"], "#5aa469"]
+    big = [r for r in doc["runs"] if "error" not in r and r["calls"] >= 1000]
+    for mode in all_modes:
+        same = [r for r in big if r["mode"] == mode]
+        if mode in AGENT_MODES:
+            v = mean(r.get("agent_bytes_per_call") for r in same)
+            if v is not None:
+                names.append("%s\ndaemon RSS" % mode)
+                vals.append(v)
+                cols.append(colours[mode])
+        v = mean(r.get("kernel_bytes_per_call") for r in same)
+        if v is not None:
+            names.append("%s\nkernel (lab)" % mode)
+            vals.append(v)
+            cols.append(colours[mode])
+    if names:
+        b = ax.bar(range(len(names)), vals, color=cols)
+        for rect, v in zip(b, vals):
+            ax.annotate("%.0f" % v, (rect.get_x() + rect.get_width() / 2, max(0, rect.get_height())),
+                        ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, fontsize=7)
+    ax.set_title("Memory per call: %s offloaded calls (pptp-offload-scale)%s" % (
+        fmt(scale.get("calls")), (", %s-call lab runs" % "/".join(str(c) for c in sorted({r["calls"] for r in big})))
+        if big else ""), fontsize=9)
+    ax.set_ylabel("bytes per call", fontsize=8)
+
+    ax = axes[1][2]
+    ax.axis("off")
+    text = ["Targets (agent-offload vs kernel helper):"]
+    for v in doc.get("targets", []):
+        text.append("%s  %s %s: %s" % ("met " if v["met"] else "MISS", v["config"], v["target"],
+                                       fmt(v["value"], "%.2f")))
+    problems = sum(len(r["checks"]) for r in doc["runs"] + doc.get("setup_runs", []))
+    text.append("")
+    text.append("checks: %s" % ("all passed" if not problems else "%d problem(s), see results.json" % problems))
+    ax.text(0, 1, "\n".join(text), va="top", ha="left", fontsize=7.5, family="monospace", transform=ax.transAxes)
+
+    fig.tight_layout()
+    paths = []
+    for ext in ("png", "svg"):
+        path = base + "." + ext
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    plt.close(fig)
+    return paths, None
 
 
 # -------------------------------------------------------------------- main
@@ -491,21 +979,32 @@ def int_list(text):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="calls 1,100, payload 64, 1 s phases (CI smoke; figures are not meaningful)")
+                    help="calls 1,100, payload 64, 1 s phases, 200 setup-rate calls, 4096 scale calls once "
+                         "(CI smoke; figures are not meaningful)")
     ap.add_argument("--seconds", type=float, help="unpaced phase length (default 5, quick 1)")
     ap.add_argument("--calls", type=int_list, help="default 1,100,10000 (quick 1,100)")
     ap.add_argument("--payloads", type=int_list, help="PPP payload bytes, default 64,1400 (quick 64)")
     ap.add_argument("--rate", type=float, default=0, help="rate of the 'max' phase, pps (0 = unpaced)")
     ap.add_argument("--paced-rate", type=float, default=10000,
-                    help="rate of the latency phase, pps, same in both modes (0 = no paced phase)")
+                    help="rate of the latency phase, pps, same in every mode (0 = no paced phase)")
     ap.add_argument("--paced-seconds", type=float, help="default 2 (quick 1)")
-    ap.add_argument("--window", type=int, default=128, help="calls being set up at once")
+    ap.add_argument("--window", type=int, default=128, help="calls being set up (or torn down) at once")
+    ap.add_argument("--setup-calls", type=int,
+                    help="calls of the setup-rate phase of every run (default 10000, quick 200; 0 = none)")
     ap.add_argument("--setup-timeout", type=float, default=120)
-    ap.add_argument("--modes", default="agent,kernel-helper")
-    ap.add_argument("--bench-bin", help="pptp-bench (default: next to $PPTP_FIXUP_BIN)")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="comma list of %s (default all; 'agent' = agent-queue)" % ", ".join(MODES))
+    ap.add_argument("--scale-calls", type=int,
+                    help="offloaded calls of pptp-offload-scale (default 65536, quick 4096; 0 = skip it)")
+    ap.add_argument("--scale-rounds", type=int, help="pptp-offload-scale runs, median taken (default 3, quick 1)")
+    ap.add_argument("--bench-bin", help="pptp-bench (default: next to $PPTP_FIXUP_BIN); pptp-offload-scale is "
+                                        "looked for beside it")
+    ap.add_argument("--scale-bin", help="pptp-offload-scale (default: beside pptp-bench)")
     ap.add_argument("--json-out", default=os.path.join(REPO, "build", "bench", "results.json"))
+    ap.add_argument("--no-chart", action="store_true", help="no results.png / results.svg")
     ap.add_argument("--smoke", action="store_true",
-                    help="exit 1 unless every run produced numbers (all calls up, some echoes); nothing about speed")
+                    help="exit 1 unless every run produced numbers (all calls up, some echoes, setup rate) and "
+                         "agent-offload really offloaded; nothing about speed")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run.py: run as root (network namespaces)")
@@ -513,13 +1012,23 @@ def main():
     args.paced_seconds = args.paced_seconds if args.paced_seconds is not None else (1.0 if args.quick else 2.0)
     args.calls = args.calls or ([1, 100] if args.quick else [1, 100, 10000])
     args.payloads = args.payloads or ([64] if args.quick else [64, 1400])
-    modes = [m for m in args.modes.split(",") if m]
-    for m in modes:
+    args.setup_calls = args.setup_calls if args.setup_calls is not None else (200 if args.quick else 10000)
+    args.scale_calls = args.scale_calls if args.scale_calls is not None else (4096 if args.quick else 65536)
+    args.scale_rounds = max(1, args.scale_rounds if args.scale_rounds is not None else (1 if args.quick else 3))
+    modes = []
+    for m in args.modes.split(","):
+        m = ALIASES.get(m.strip(), m.strip())
+        if not m:
+            continue
         if m not in MODES:
-            sys.exit("run.py: unknown mode %r" % m)
+            sys.exit("run.py: unknown mode %r (expected %s)" % (m, ", ".join(MODES)))
+        if m not in modes:
+            modes.append(m)
     for n in args.calls:
         if not 1 <= n <= 30000:
             sys.exit("run.py: --calls values must be 1..30000 (inside and public Call IDs are kept apart)")
+    if not 0 <= args.setup_calls <= 30000 or max(args.calls) + args.setup_calls > 32000:
+        sys.exit("run.py: --setup-calls must be 0..30000, and calls + setup calls at most 32000")
     bench = bench_binary(args)
     if not os.access(bench, os.X_OK):
         sys.exit("run.py: no pptp-bench at %s (build the preset, or --bench-bin)" % bench)
@@ -544,42 +1053,105 @@ def main():
             log("  %.0f pps delivered of %.0f offered, loss %.2f%%, %d check problem(s), %.1f s" % (
                 m["delivered_pps"], m["offered_pps"], m["loss_pct"], len(r["checks"]), r["wall_s"]))
             runs.append(r)
+    # The setup rate: a run of its own per mode (1 call, a short unpaced
+    # phase, then --setup-calls calls set up and torn down), so every mode
+    # starts it from a clean lab: no calls, expectations, keymaps or
+    # TIME_WAIT connections of a configuration before it.
+    setup_runs = []
+    if args.setup_calls > 0:
+        order = modes if len(configs) % 2 == 0 else list(reversed(modes))
+        for mode in order:
+            log("setup rate: %d calls, %s ..." % (args.setup_calls, mode))
+            try:
+                r = run_one(args, bench, mode, 1, 64, setup_calls=args.setup_calls, seconds=min(args.seconds, 0.5),
+                            paced=False)
+            except (RuntimeError, netns.LabError, subprocess.SubprocessError, OSError) as e:
+                log("FAILED: %s" % e)
+                setup_runs.append({"mode": mode, "calls": 1, "payload": 64, "kind": "setup-rate", "error": str(e),
+                                   "checks": ["run failed: %s" % str(e).splitlines()[0]]})
+                continue
+            log("  %s setups/s, %s teardowns/s, %d check problem(s), %.1f s" % (
+                fmt(r.get("setup_rate_per_s")), fmt(r.get("setup_rate_teardown_per_s")), len(r["checks"]),
+                r["wall_s"]))
+            setup_runs.append(r)
+    scale = run_scale(args) if args.scale_calls > 0 else None
     elapsed = time.monotonic() - started
     ok_runs = [r for r in runs if "error" not in r]
-    rows = build_rows(ok_runs)
-    print_report(ok_runs, rows)
-    for r in runs:
+    rows = build_rows(ok_runs, modes)
+    setups = setup_summary(setup_runs)
+    verdicts = target_verdicts(rows, setups, scale)
+    print_report(ok_runs + [r for r in setup_runs if "error" not in r], rows, setups, scale, verdicts, modes, args)
+    for r in runs + setup_runs:
         if "error" in r:
             print("FAILED run: %dc/%dB %s: %s" % (r["calls"], r["payload"], r["mode"], r["error"]))
-    print("\nbenchmark time %.0f s (%d runs); JSON: %s" % (elapsed, len(runs), args.json_out))
 
     doc = {
         "meta": {"date": datetime.datetime.now().isoformat(timespec="seconds"), "kernel": platform.release(),
                  "cpus": os.cpu_count(), "seconds": args.seconds, "paced_rate": args.paced_rate,
                  "paced_seconds": args.paced_seconds, "calls": args.calls, "payloads": args.payloads,
-                 "quick": args.quick, "elapsed_s": elapsed, "bench": bench,
-                 "agent_bin": os.environ.get("PPTP_FIXUP_BIN")},
+                 "modes": modes, "window": args.window, "setup_calls": args.setup_calls,
+                 "quick": args.quick, "elapsed_s": elapsed, "bench": bench, "argv": sys.argv[1:],
+                 "agent_bin": os.environ.get("PPTP_FIXUP_BIN"), "targets": TARGETS},
         "rows": rows,
+        "setup_rate": setups,
+        "targets": verdicts,
+        "scale": scale,
         "runs": runs,
+        "setup_runs": setup_runs,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
     with open(args.json_out, "w") as f:
         json.dump(doc, f, indent=1, sort_keys=True)
+    chart = "chart: off (--no-chart)"
+    if not args.no_chart:
+        try:
+            paths, why = draw_chart(doc, os.path.splitext(os.path.abspath(args.json_out))[0])
+            chart = ("chart: " + ", ".join(paths)) if paths else why
+        except Exception as e:  # a chart problem must not lose the measurements
+            chart = "chart failed: %r (the JSON is complete)" % (e,)
+    print("\nbenchmark time %.0f s (%d runs); JSON: %s; %s" % (elapsed, len(runs) + len(setup_runs), args.json_out, chart))
 
     if args.smoke:
         bad = []
         for c in args.calls:
             for p in args.payloads:
                 for mode in modes:
+                    what = "%dc/%dB %s" % (c, p, mode)
                     r = next((x for x in ok_runs if (x["calls"], x["payload"], x["mode"]) == (c, p, mode)), None)
                     m = phase_of(r["pns"], "max") if r else None
                     if r is None or m is None or r["pns"]["setup"]["calls_up"] != c or not m["received"] \
-                            or m.get("delivered_pps") is None or m["rtt_us"].get("p99") is None:
-                        bad.append("%dc/%dB %s" % (c, p, mode))
+                            or m.get("delivered_pps") is None or m["rtt_us"].get("p99") is None \
+                            or m.get("system_cpu_us_per_echo") is None:
+                        bad.append(what + ": no data-plane numbers")
+                        continue
+                    pc = phase_of(r["pns"], "paced")
+                    if args.paced_rate > 0 and args.paced_seconds > 0 and (
+                            pc is None or pc["rtt_us"].get("p99") is None):
+                        bad.append(what + ": no paced p99")
+                    if mode == "agent-offload":
+                        queue_gre, echoes = r.get("queue_gre_traffic"), r.get("echoes") or 0
+                        if (r.get("offload_installed") or 0) < c:
+                            bad.append(what + ": %s calls offloaded of %d" % (r.get("offload_installed"), c))
+                        if queue_gre is None or queue_gre * 10 > echoes:
+                            bad.append(what + ": the queue saw %s GRE packets for %d echoes" % (queue_gre, echoes))
+                    if mode == "agent-queue" and r.get("offload_mode") != "off":
+                        bad.append(what + ": offload mode %r" % r.get("offload_mode"))
+        if args.setup_calls > 0:
+            for mode in modes:
+                f = setups.get(mode)
+                if f is None or not f["setup_per_s"] or not f["teardown_per_s"]:
+                    bad.append("setup rate %s: no numbers" % mode)
+                elif mode == "agent-offload" and (f["offloaded"] or 0) < args.setup_calls:
+                    bad.append("setup rate %s: %s of %d calls offloaded" % (mode, f["offloaded"], args.setup_calls))
+        if scale is not None and (scale.get("error") or scale.get("errors")
+                                  or scale.get("offloaded_min", 0) < args.scale_calls
+                                  or scale.get("kernel_bytes_per_call") is None):
+            bad.append("pptp-offload-scale: %s" % (scale.get("error") or scale.get("errors")
+                                                   or "not every call offloaded"))
         if bad:
-            print("smoke: no numbers from " + ", ".join(bad))
+            print("smoke: " + "; ".join(bad))
             return 1
-        print("smoke: both modes produced numbers for every configuration")
+        print("smoke: every mode produced numbers for every configuration; agent-offload offloaded its calls")
     return 0
 
 
