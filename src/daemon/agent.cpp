@@ -180,14 +180,15 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
     control_ = std::make_unique<control::Server>(options_.control_socket, [this](const nlohmann::json& request) {
         return control::handle_request(request, *api_);
     });
-    // With the queue bound (packets wait there meanwhile) and the control
-    // socket ours (no other agent runs with it), before privileges go: the
-    // netlink socket keeps the rights it was opened with.
-    start_offload();
-
+    // Before privileges go: the netlink socket keeps the rights it was
+    // opened with.
+    open_offload();
     if (!options_.keep_capabilities) {
         drop_privileges(options_.user);
     }
+    // With the queue bound (packets wait there meanwhile) and the control
+    // socket ours (no other agent runs with it).
+    start_offload();
 #ifdef PPTP_FIXUP_SANITIZER_SELFTEST
     // Sanitizer builds only: a test sets this to prove that LeakSanitizer
     // still sees this process's leaks once it has left root.
@@ -226,14 +227,39 @@ Agent::~Agent() {
     }
 }
 
-void Agent::start_offload() {
-    using Mode = daemon_options::Options::GreOffload;
+offload::OffloadConfig Agent::offload_config() const {
     offload::OffloadConfig config;
     config.outside_interface = options_.outside_interface;
     config.mark = options_.offload_mark;
     config.max_calls = static_cast<std::uint32_t>(std::min<std::size_t>(options_.table.max_calls, 1U << 24U));
+    return config;
+}
+
+void Agent::offload_unavailable(const std::string& why) {
+    using Mode = daemon_options::Options::GreOffload;
+    if (options_.gre_offload == Mode::Nft) {
+        throw std::runtime_error(why + " (--gre-offload nft)");
+    }
+    offload_off_reason_ = why;
+    offload_summary_ = "GRE offload off (unavailable)";
+    logging::write(logging::Level::Warning, "",
+                   "GRE offload unavailable, every GRE packet goes through the queue: " + why);
+}
+
+void Agent::open_offload() {
     try {
-        nft_ = std::make_unique<offload::NftOffload>(config);
+        nft_ = std::make_unique<offload::NftOffload>(offload_config());
+    } catch (const offload::OffloadError& e) {
+        offload_unavailable(e.what());
+    }
+}
+
+void Agent::start_offload() {
+    using Mode = daemon_options::Options::GreOffload;
+    if (!nft_) {
+        return;
+    }
+    try {
         if (options_.gre_offload == Mode::Off) {
             const std::size_t adopted = adopt_onto_queue_path(*nft_, *table_);
             offload_off_reason_ = "--gre-offload off";
@@ -247,24 +273,18 @@ void Agent::start_offload() {
         const std::size_t adopted = bridge->adopt_and_install(*table_);
         offload_ = std::move(bridge);
         table_->set_offload(offload_.get());
-        offload_summary_ = "GRE offload in nf_tables table ip " + config.table + " (mark bit " + hex_mark(config.mark) +
-                           ", " + std::to_string(adopted) + " call(s) adopted from an earlier run)";
+        offload_summary_ = "GRE offload in nf_tables table ip " + nft_->config().table + " (mark bit " +
+                           hex_mark(nft_->config().mark) + ", " + std::to_string(adopted) +
+                           " call(s) adopted from an earlier run)";
     } catch (const offload::OffloadError& e) {
-        if (options_.gre_offload == Mode::Nft) {
-            throw std::runtime_error(std::string(e.what()) + " (--gre-offload nft)");
-        }
-        offload_off_reason_ = e.what();
-        offload_summary_ = "GRE offload off (unavailable)";
-        logging::write(logging::Level::Warning, "",
-                       std::string("GRE offload unavailable, every GRE packet goes through the queue: ") + e.what());
         offload_.reset();
-        if (nft_) {
-            try {
-                (void)adopt_onto_queue_path(*nft_, *table_);
-            } catch (const offload::OffloadError&) {
-            }
+        table_->set_offload(nullptr);
+        try {
+            (void)adopt_onto_queue_path(*nft_, *table_);
+        } catch (const offload::OffloadError&) {
         }
         nft_.reset();
+        offload_unavailable(e.what());
     }
 }
 

@@ -65,7 +65,10 @@ private:
     [[nodiscard]] RulesSettings rules_settings() const;
     // --gre-offload: builds the kernel offload (adopting what an earlier run
     // left there), or takes those calls onto the queue path.
+    void open_offload();
     void start_offload();
+    void offload_unavailable(const std::string& why);
+    [[nodiscard]] offload::OffloadConfig offload_config() const;
     [[nodiscard]] nlohmann::json offload_stats() const;
 
     daemon_options::Options options_;

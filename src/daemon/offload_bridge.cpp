@@ -129,6 +129,7 @@ void GreOffloadBridge::withdraw(nat::Call& call) {
 
 std::size_t GreOffloadBridge::adopt_and_install(nat::CallTable& table) {
     std::vector<offload::CallRecord> keep;
+    std::vector<nat::Call*> adopted_calls;
     for (const offload::OffloadedCall& found : nft_.existing_calls()) {
         nat::AdoptedCall adopted = adopted_from(found);
         // The elements are made anew below (their counters start at 0): what
@@ -139,9 +140,18 @@ std::size_t GreOffloadBridge::adopt_and_install(nat::CallTable& table) {
         adopted.offload = {};
         if (nat::Call* call = table.adopt_call(adopted); call != nullptr) {
             keep.push_back(record_of(*call));
+            adopted_calls.push_back(call);
         }
     }
-    nft_.install(keep);
+    try {
+        nft_.install(keep);
+    } catch (const offload::OffloadError&) {
+        // Their GRE now goes to the queue, which knows them.
+        for (nat::Call* call : adopted_calls) {
+            call->offloaded = false;
+        }
+        throw;
+    }
     installed_ += keep.size();
     return keep.size();
 }
