@@ -21,6 +21,8 @@
 #include <memory>
 #include <tuple>
 
+#include "pptp/bytes.hpp"
+
 namespace offload {
 namespace {
 
@@ -50,25 +52,23 @@ constexpr std::uint32_t kRegCallId = NFT_REG32_05;
 constexpr std::uint32_t kRegScratch = NFT_REG_1;
 
 void put16(std::uint8_t* p, std::uint16_t v) {
-    p[0] = static_cast<std::uint8_t>(v >> 8U);
-    p[1] = static_cast<std::uint8_t>(v);
+    pptp::store_be16(p, v);
 }
 void put32(std::uint8_t* p, std::uint32_t v) {
-    put16(p, static_cast<std::uint16_t>(v >> 16U));
-    put16(p + 2, static_cast<std::uint16_t>(v));
+    pptp::store_be32(p, v);
 }
 void put64(std::uint8_t* p, std::uint64_t v) {
-    put32(p, static_cast<std::uint32_t>(v >> 32U));
-    put32(p + 4, static_cast<std::uint32_t>(v));
+    pptp::store_be32(p, static_cast<std::uint32_t>(v >> 32U));
+    pptp::store_be32(p + 4, static_cast<std::uint32_t>(v));
 }
 std::uint16_t get16(const std::uint8_t* p) {
-    return static_cast<std::uint16_t>((p[0] << 8U) | p[1]);
+    return pptp::load_be16(p);
 }
 std::uint32_t get32(const std::uint8_t* p) {
-    return (static_cast<std::uint32_t>(get16(p)) << 16U) | get16(p + 2);
+    return pptp::load_be32(p);
 }
 std::uint64_t get64(const std::uint8_t* p) {
-    return (static_cast<std::uint64_t>(get32(p)) << 32U) | get32(p + 4);
+    return (static_cast<std::uint64_t>(pptp::load_be32(p)) << 32U) | pptp::load_be32(p + 4);
 }
 
 using Key = std::array<std::uint8_t, kKeyLength>;
@@ -241,6 +241,33 @@ private:
         return *this;
     }
     RulePtr rule_;
+};
+
+// The three maps of one transaction, and a call's elements in them.
+struct CallMaps {
+    SetPtr address;
+    SetPtr call_id;
+    SetPtr source;
+    explicit CallMaps(const std::string& table)
+        : address(named_set(table, kInAddr)), call_id(named_set(table, kInKey)), source(named_set(table, kOutSource)) {}
+    void add(const CallRecord& r) {
+        std::array<std::uint8_t, 4> inside{};
+        std::array<std::uint8_t, 2> inside_id{};
+        std::array<std::uint8_t, 4> public_address{};
+        put32(inside.data(), r.inside_address);
+        put16(inside_id.data(), r.inside_call_id);
+        put32(public_address.data(), r.public_address);
+        const auto record = encode_record(r);
+        add_element(address.get(), inbound_key(r), inside.data(), 4);
+        add_element(call_id.get(), inbound_key(r), inside_id.data(), 2, &record);
+        add_element(source.get(), outbound_key(r), public_address.data(), 4);
+    }
+    void remove(const CallRecord& r) {
+        add_element(address.get(), inbound_key(r), nullptr, 0);
+        add_element(call_id.get(), inbound_key(r), nullptr, 0);
+        add_element(source.get(), outbound_key(r), nullptr, 0);
+    }
+    [[nodiscard]] std::array<nftnl_set*, 3> all() const { return {address.get(), call_id.get(), source.get()}; }
 };
 
 }  // namespace
@@ -669,23 +696,11 @@ void NftOffload::install(const std::vector<CallRecord>& keep) {
     // more (their GRE meanwhile goes to the queue, which knows them too).
     std::size_t next = 0;
     auto add_some = [&](Batch& b) {
-        SetPtr addr = named_set(table, kInAddr);
-        SetPtr key = named_set(table, kInKey);
-        SetPtr source = named_set(table, kOutSource);
+        CallMaps elements(table);
         for (std::size_t n = 0; next < keep.size() && n < kCallsPerTransaction; ++n, ++next) {
-            const CallRecord& r = keep[next];
-            std::array<std::uint8_t, 4> inside{};
-            std::array<std::uint8_t, 2> inside_id{};
-            std::array<std::uint8_t, 4> public_address{};
-            put32(inside.data(), r.inside_address);
-            put16(inside_id.data(), r.inside_call_id);
-            put32(public_address.data(), r.public_address);
-            const auto record = encode_record(r);
-            add_element(addr.get(), inbound_key(r), inside.data(), 4);
-            add_element(key.get(), inbound_key(r), inside_id.data(), 2, &record);
-            add_element(source.get(), outbound_key(r), public_address.data(), 4);
+            elements.add(keep[next]);
         }
-        for (nftnl_set* s : {addr.get(), key.get(), source.get()}) {
+        for (nftnl_set* s : elements.all()) {
             append(b, NFT_MSG_NEWSETELEM, NLM_F_CREATE, ++sequence_, 64 + kCallsPerTransaction * 256,
                    [&](nlmsghdr* nlh) { nftnl_set_elems_nlmsg_build_payload(nlh, s); });
         }
@@ -707,21 +722,10 @@ void NftOffload::install(const std::vector<CallRecord>& keep) {
 
 int NftOffload::add(const CallRecord& r) {
     Batch batch;
-    SetPtr addr = named_set(config_.table, kInAddr);
-    SetPtr key = named_set(config_.table, kInKey);
-    SetPtr source = named_set(config_.table, kOutSource);
-    std::array<std::uint8_t, 4> inside{};
-    std::array<std::uint8_t, 2> inside_id{};
-    std::array<std::uint8_t, 4> public_address{};
-    put32(inside.data(), r.inside_address);
-    put16(inside_id.data(), r.inside_call_id);
-    put32(public_address.data(), r.public_address);
-    const auto record = encode_record(r);
-    add_element(addr.get(), inbound_key(r), inside.data(), 4);
-    add_element(key.get(), inbound_key(r), inside_id.data(), 2, &record);
-    add_element(source.get(), outbound_key(r), public_address.data(), 4);
+    CallMaps maps(config_.table);
+    maps.add(r);
     // EXCL: an element left from an earlier call must not stand in for this one.
-    for (nftnl_set* s : {addr.get(), key.get(), source.get()}) {
+    for (nftnl_set* s : maps.all()) {
         append(batch, NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL, ++sequence_, 1024,
                [&](nlmsghdr* nlh) { nftnl_set_elems_nlmsg_build_payload(nlh, s); });
     }
@@ -730,13 +734,9 @@ int NftOffload::add(const CallRecord& r) {
 
 int NftOffload::remove(const CallRecord& r) {
     Batch batch;
-    SetPtr addr = named_set(config_.table, kInAddr);
-    SetPtr key = named_set(config_.table, kInKey);
-    SetPtr source = named_set(config_.table, kOutSource);
-    add_element(addr.get(), inbound_key(r), nullptr, 0);
-    add_element(key.get(), inbound_key(r), nullptr, 0);
-    add_element(source.get(), outbound_key(r), nullptr, 0);
-    for (nftnl_set* s : {addr.get(), key.get(), source.get()}) {
+    CallMaps maps(config_.table);
+    maps.remove(r);
+    for (nftnl_set* s : maps.all()) {
         append(batch, NFT_MSG_DELSETELEM, 0, ++sequence_, 1024,
                [&](nlmsghdr* nlh) { nftnl_set_elems_nlmsg_build_payload(nlh, s); });
     }
