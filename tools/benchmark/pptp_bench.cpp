@@ -831,6 +831,10 @@ struct PhaseResult {
     double sender_cpu = 0, receiver_cpu = 0;
     bool kernel_timestamps = false;
     Histogram rtt;
+    // The same round trips per second of sending (by send time), so that a
+    // few stalled seconds (another tenant of the machine) can be told from
+    // a tail that every second has.
+    std::vector<Histogram> slices;
 };
 
 class Pns {
@@ -990,6 +994,20 @@ private:
             .field("p999", p.rtt.quantile(0.999))
             .field("mean", p.rtt.mean())
             .field("max", p.rtt.max());
+        // p99 of each whole second with at least 1000 round trips, and their median.
+        std::vector<double> p99s;
+        for (const Histogram& h : p.slices) {
+            if (h.count() >= 1000) p99s.push_back(h.quantile(0.99));
+        }
+        j.key("p99_per_second").open('[');
+        for (const double v : p99s) j.num(v);
+        j.close(']');
+        std::vector<double> sorted = p99s;
+        std::sort(sorted.begin(), sorted.end());
+        j.field("p99_per_second_median", sorted.empty() ? std::nan("")
+                                         : sorted.size() % 2 == 1
+                                             ? sorted[sorted.size() / 2]
+                                             : (sorted[sorted.size() / 2 - 1] + sorted[sorted.size() / 2]) / 2);
         j.close('}');
         j.close('}');
     }
@@ -1328,6 +1346,7 @@ private:
     struct RxShared {
         std::atomic<bool> stop{false};
         std::atomic<std::uint64_t> activity{0};
+        std::atomic<std::uint64_t> origin{0};  // when sending began (mono ns): second 0 of the slices
     };
 
     void receive_loop(PhaseResult& r, RxShared& shared, std::uint32_t phase, std::uint64_t cap,
@@ -1421,6 +1440,13 @@ private:
                 ++r.received;
                 r.bytes_received += g->payload_length;
                 r.rtt.add(static_cast<std::int64_t>(rx) - static_cast<std::int64_t>(sent_at));
+                const std::uint64_t origin = shared.origin.load(std::memory_order_acquire);
+                if (origin != 0 && sent_at >= origin) {
+                    const std::uint64_t slice = (sent_at - origin) / 1000000000ULL;
+                    if (slice < r.slices.size()) {
+                        r.slices[slice].add(static_cast<std::int64_t>(rx) - static_cast<std::int64_t>(sent_at));
+                    }
+                }
             }
             shared.activity.fetch_add(static_cast<std::uint64_t>(n), std::memory_order_relaxed);
         }
@@ -1438,6 +1464,7 @@ private:
         const auto cap = static_cast<std::uint64_t>(4e6 * seconds) + 1000000U;
         std::vector<std::uint64_t> seen(cap / 64U + 1, 0);
         RxShared shared;
+        r.slices.resize(static_cast<std::size_t>(std::ceil(seconds)));
         const std::uint64_t drops0 = raw_socket_drops(gre_);
         std::thread receiver([&] { receive_loop(r, shared, phase, cap, seen); });
 
@@ -1458,6 +1485,7 @@ private:
         }
         const double cpu0 = thread_cpu_seconds();
         const std::uint64_t start = mono_ns();
+        shared.origin.store(start, std::memory_order_release);
         const std::uint64_t end = start + static_cast<std::uint64_t>(seconds * 1e9);
         std::uint64_t seq = 0;
         std::uint64_t now = start;
