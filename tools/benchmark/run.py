@@ -699,7 +699,8 @@ def print_report(runs, rows, setups, scale, verdicts, modes, args, out=sys.stdou
         return ("setup-rate run" if r.get("kind") == "setup-rate" else "%dc/%dB" % (r["calls"], r["payload"]))
 
     p("\nData plane, one line per run. 'max' phase: unpaced for the configured time; 'pcd' = paced phase")
-    p("(same target rate in every mode; '*' = overloaded: offered below 95% of the target or loss above 1%).")
+    p("(same target rate in every mode; '*' = overloaded: offered below 95% of the target, loss above 1% or")
+    p("a median round trip above 10 ms).")
     p("deliv/s = valid echoes per second; loss% = 1 - echoes/sent ('h': partly lost by the harness itself);")
     p("qdrop% = share of sent packets the kernel dropped at the agent's full NFQUEUE; queue% = share of the")
     p("echoes' router crossings the queue saw (100 on the queue path, ~0 offloaded). p50/p99 = round trip")
