@@ -122,24 +122,23 @@ void EventLog::call_refused(const nat::ControlConnection& conn, std::uint16_t ca
 Agent::Agent(const daemon_options::Options& options, std::vector<std::string> argv)
     : options_(options), argv_(std::move(argv)) {
     logging::set_level(options_.log_level);
-    outside_ifindex_ = nfq::interface_index(options_.outside_interface);
-    nat::TableConfig table_config = options_.table;
-    if (options_.public_address) {
-        table_config.public_address = *options_.public_address;
-    } else {
-        const auto address = nfq::primary_ipv4_address(outside_ifindex_);
-        if (!address) {
-            throw std::runtime_error("interface " + options_.outside_interface +
-                                     " has no IPv4 address; give --public-address");
-        }
-        table_config.public_address = *address;
+    for (const std::string& name : options_.outside_interfaces) {
+        outside_ifindexes_.push_back(nfq::interface_index(name));
     }
+    nat::TableConfig table_config = options_.table;
+    // Without an override each control connection's public address is the
+    // one its conntrack entry shows (table_config.public_address stays 0).
+    table_config.public_address = options_.public_address.value_or(0);
+    link_watcher_ = std::make_unique<nfq::LinkWatcher>();
     if (!options_.public_address) {
-        link_watcher_ = std::make_unique<nfq::LinkWatcher>();
+        kernel_nat_ = std::make_unique<KernelNat>();
     }
     table_ = std::make_unique<nat::CallTable>(table_config, clock_, counters_, &events_);
     handler_ = std::make_unique<nat::PacketHandler>(*table_, counters_, &events_, options_.handler);
     handler_->set_deferred_verdicts(this);
+    handler_->set_local_addresses(nfq::local_ipv4_addresses());
+    handler_->set_gateway_gre(nfq::gre_socket_open());
+    handler_->set_nat_lookup(kernel_nat_.get());
     for (std::uint16_t port : options_.fixup_ports) {
         handler_->enable_port(port);
     }
@@ -202,15 +201,20 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
         }
     }
 
+    std::string outsides;
+    for (const auto& name : options_.outside_interfaces) {
+        outsides += (outsides.empty() ? "" : ",") + name;
+    }
     std::ostringstream ports;
     for (std::size_t i = 0; i < options_.fixup_ports.size(); ++i) {
         ports << (i == 0 ? "" : ",") << options_.fixup_ports[i];
     }
     logging::write(logging::Level::Notice, "",
                    "pptp-fixupd " PPTP_FIXUP_VERSION " started: queue " + std::to_string(options_.queue) +
-                       ", outside " + options_.outside_interface + " (public address " +
-                       pptp::format_ipv4(table_config.public_address) + "), fixup ports " + ports.str() +
-                       ", control socket " + options_.control_socket +
+                       ", outside " + outsides + " (public address " +
+                       (options_.public_address ? pptp::format_ipv4(*options_.public_address)
+                                                : std::string("of each connection, from conntrack")) +
+                       "), fixup ports " + ports.str() + ", control socket " + options_.control_socket +
                        (options_.user ? ", user " + *options_.user : std::string()) + ", " + offload_summary_);
     sd_notifyf(0, "READY=1\nSTATUS=queue %u bound, 0 calls\nMAINPID=%lu", static_cast<unsigned>(options_.queue),
                static_cast<unsigned long>(getpid()));
@@ -229,7 +233,7 @@ Agent::~Agent() {
 
 offload::OffloadConfig Agent::offload_config() const {
     offload::OffloadConfig config;
-    config.outside_interface = options_.outside_interface;
+    config.outside_interfaces = options_.outside_interfaces;
     config.mark = options_.offload_mark;
     config.max_calls = static_cast<std::uint32_t>(std::min<std::size_t>(options_.table.max_calls, 1U << 24U));
     return config;
@@ -312,9 +316,9 @@ nfq::SinkVerdict Agent::on_packet(const nfq::PacketMeta& meta, std::span<std::ui
         return nfq::SinkVerdict{true, false, false, 0};
     }
     nat::Direction direction = nat::Direction::Transit;
-    if (meta.in_interface == outside_ifindex_) {
+    if (is_outside(meta.in_interface)) {
         direction = nat::Direction::Inbound;
-    } else if (meta.out_interface == outside_ifindex_) {
+    } else if (is_outside(meta.out_interface)) {
         direction = nat::Direction::Outbound;
     }
     const nat::Verdict v = handler_->handle(direction, packet, meta.packet_id);
@@ -322,7 +326,7 @@ nfq::SinkVerdict Agent::on_packet(const nfq::PacketMeta& meta, std::span<std::ui
 }
 
 RulesSettings Agent::rules_settings() const {
-    return RulesSettings{options_.rules_command, options_.outside_interface, options_.queue, options_.offload_mark};
+    return RulesSettings{options_.rules_command, options_.outside_interfaces, options_.queue, options_.offload_mark};
 }
 
 std::vector<std::uint16_t> Agent::fixup_ports() const {
@@ -380,31 +384,63 @@ nlohmann::json Agent::io_stats() const {
     return result;
 }
 
+bool Agent::is_outside(std::uint32_t ifindex) const noexcept {
+    return ifindex != 0 &&
+           std::find(outside_ifindexes_.begin(), outside_ifindexes_.end(), ifindex) != outside_ifindexes_.end();
+}
+
+std::optional<nat::NatMapping> KernelNat::mapping_of(const nat::ConnectionKey& key) {
+    const auto tuples = conntrack_.find_tcp(key.inside_address, key.inside_port, key.outside_address, key.outside_port);
+    if (!tuples) {
+        if (!warned_) {
+            warned_ = true;
+            logging::write(logging::Level::Warning, "",
+                           "no conntrack entry for PPTP control connection " + pptp::format_ipv4(key.inside_address) +
+                               ":" + std::to_string(key.inside_port) + " - " + pptp::format_ipv4(key.outside_address) +
+                               ":" + std::to_string(key.outside_port) +
+                               ": its public address is unknown, its calls are refused (control_nat_unknown)" +
+                               (conntrack_.last_error() != 0
+                                    ? std::string("; ctnetlink: ") + std::strerror(conntrack_.last_error())
+                                    : std::string()) +
+                               "; reported once");
+        }
+        return std::nullopt;
+    }
+    const nat::NatMapping mapping{tuples->original_source, tuples->original_destination, tuples->reply_source,
+                                  tuples->reply_destination};
+    if (nat::public_address_for(mapping, key.outside_address) == 0 && !warned_) {
+        warned_ = true;
+        logging::write(logging::Level::Warning, "",
+                       "the conntrack entry of PPTP control connection " + pptp::format_ipv4(key.inside_address) + ":" +
+                           std::to_string(key.inside_port) + " - " + pptp::format_ipv4(key.outside_address) + ":" +
+                           std::to_string(key.outside_port) + " does not name its outside peer (original " +
+                           pptp::format_ipv4(mapping.original_source) + " -> " +
+                           pptp::format_ipv4(mapping.original_destination) + ", reply " +
+                           pptp::format_ipv4(mapping.reply_source) + " -> " +
+                           pptp::format_ipv4(mapping.reply_destination) + "); its calls are refused; reported once");
+    }
+    return mapping;
+}
+
 void Agent::follow_link_changes() {
     if (!link_watcher_->drain()) {
         return;
     }
-    std::uint32_t index = 0;
-    std::optional<std::uint32_t> address;
     try {
-        index = nfq::interface_index(options_.outside_interface);
-        address = nfq::primary_ipv4_address(index);
+        for (std::size_t i = 0; i < options_.outside_interfaces.size(); ++i) {
+            const std::uint32_t index = nfq::interface_index(options_.outside_interfaces[i]);
+            if (index != outside_ifindexes_[i]) {
+                logging::write(
+                    logging::Level::Notice, "",
+                    "outside interface " + options_.outside_interfaces[i] + " is now index " + std::to_string(index));
+                outside_ifindexes_[i] = index;
+            }
+        }
+        // New connections take their (possibly new) public address from
+        // conntrack by themselves; the gateway's own addresses we follow.
+        handler_->set_local_addresses(nfq::local_ipv4_addresses());
     } catch (const std::exception& e) {
         logging::write(logging::Level::Warning, "", std::string("outside interface: ") + e.what());
-        return;
-    }
-    if (index != outside_ifindex_) {
-        logging::write(logging::Level::Notice, "",
-                       "outside interface " + options_.outside_interface + " is now index " + std::to_string(index));
-        outside_ifindex_ = index;
-    }
-    if (address && *address != table_->config().public_address) {
-        // As MASQUERADE does: new calls use the new address.
-        logging::write(logging::Level::Notice, "",
-                       "public address of " + options_.outside_interface + " changed from " +
-                           pptp::format_ipv4(table_->config().public_address) + " to " + pptp::format_ipv4(*address) +
-                           "; new calls use it");
-        table_->set_public_address(*address);
     }
 }
 
@@ -428,7 +464,7 @@ void Agent::reload() {
         logging::write(logging::Level::Error, "", std::string("reload failed, nothing changed: ") + e.what());
         return;
     }
-    if (fresh.queue != options_.queue || fresh.outside_interface != options_.outside_interface ||
+    if (fresh.queue != options_.queue || fresh.outside_interfaces != options_.outside_interfaces ||
         fresh.public_address != options_.public_address || fresh.control_socket != options_.control_socket ||
         fresh.gre_offload != options_.gre_offload || fresh.offload_mark != options_.offload_mark ||
         fresh.offload_poll_seconds != options_.offload_poll_seconds) {
@@ -510,6 +546,7 @@ int Agent::run() {
             handler_->expire_held();
             queue_->flush_verdicts();
             if (++ticks_ % 10 == 0) {  // once a second
+                handler_->set_gateway_gre(nfq::gre_socket_open());
                 if (offload_ && ticks_ % (10ULL * options_.offload_poll_seconds) == 0) {
                     offload_->poll(*table_);  // before expiry: kernel traffic counts as activity
                 }

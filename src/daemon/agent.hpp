@@ -17,6 +17,7 @@
 #include "nat/clock.hpp"
 #include "nat/counters.hpp"
 #include "nat/packet_handler.hpp"
+#include "nfq/conntrack.hpp"
 #include "nfq/link.hpp"
 #include "nfq/queue.hpp"
 #include "offload/nft_offload.hpp"
@@ -40,6 +41,17 @@ private:
     logging::RateLimiter violation_limiter_{std::chrono::seconds(60), 1};
 };
 
+// Each control connection's public address, from the kernel's conntrack
+// table: what its NAT (MASQUERADE, SNAT pool, port forward, 1:1) chose.
+class KernelNat final : public nat::NatLookup {
+public:
+    std::optional<nat::NatMapping> mapping_of(const nat::ConnectionKey& key) override;
+
+private:
+    nfq::ConntrackTable conntrack_;
+    bool warned_ = false;
+};
+
 class Agent final : public nfq::PacketSink, public nat::DeferredVerdicts {
 public:
     // Throws std::runtime_error (one line) when the agent cannot start.
@@ -59,6 +71,7 @@ private:
     void log_table() const;
     void reload();
     void follow_link_changes();
+    [[nodiscard]] bool is_outside(std::uint32_t ifindex) const noexcept;
     std::string set_fixup_port(std::uint16_t port, bool enable);
     [[nodiscard]] std::vector<std::uint16_t> fixup_ports() const;
     [[nodiscard]] nlohmann::json io_stats() const;
@@ -73,7 +86,8 @@ private:
 
     daemon_options::Options options_;
     std::vector<std::string> argv_;
-    std::uint32_t outside_ifindex_ = 0;
+    std::vector<std::uint32_t> outside_ifindexes_;  // as options_.outside_interfaces
+    std::unique_ptr<KernelNat> kernel_nat_;         // without --public-address
     nat::CachedClock clock_;
     nat::Counters counters_;
     EventLog events_;
@@ -82,7 +96,7 @@ private:
     std::unique_ptr<nfq::Queue> queue_;
     std::unique_ptr<control::ApiContext> api_;
     std::unique_ptr<control::Server> control_;
-    std::unique_ptr<nfq::LinkWatcher> link_watcher_;  // only without --public-address
+    std::unique_ptr<nfq::LinkWatcher> link_watcher_;
     std::unique_ptr<offload::NftOffload> nft_;
     std::unique_ptr<GreOffloadBridge> offload_;  // null when GRE goes through the queue only
     std::string offload_off_reason_;

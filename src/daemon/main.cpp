@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
         }
         if (parsed.options->remove_offload) {
             offload::OffloadConfig config;
-            config.outside_interface = "lo";  // not used to delete
+            config.outside_interfaces = {"lo"};  // not used to delete
             offload::NftOffload nft(config);
             const int error = nft.remove_table();
             if (error != 0 && error != ENOENT) {

@@ -162,7 +162,7 @@ void GreOffloadBridge::poll(nat::CallTable& table) {
     try {
         nft_.read_counters([&](const offload::CallRecord& record, const offload::ElementCounters& in,
                                const offload::ElementCounters& out) {
-            nat::Call* call = table.find_inbound(record.outside_address, record.public_call_id);
+            nat::Call* call = table.find_inbound(record.outside_address, record.public_address, record.public_call_id);
             if (call == nullptr || !call->offloaded || call->public_address != record.public_address ||
                 call->inside_address != record.inside_address || call->inside_call_id != record.inside_call_id ||
                 call->outside_call_id != record.outside_call_id) {

@@ -168,6 +168,8 @@ ParseResult parse(int argc, const char* const* argv) {
     std::size_t max_connections = opt.table.max_connections;
     std::size_t max_connections_per_host = opt.table.max_connections_per_host;
     std::string on_violation = "reset";
+    std::vector<std::string> outsides;
+    std::string local_gre = "auto";
     std::string gre_offload = "auto";
     std::string offload_mark = "0x01000000";
     unsigned int offload_poll = 10;
@@ -180,11 +182,18 @@ ParseResult parse(int argc, const char* const* argv) {
         ("version", "print the version and exit")
         ("queue,q", po::value<unsigned int>(&queue)->value_name("N"),
          "NFQUEUE number the fixup rules send packets to (0-65535); required")
-        ("outside,o", po::value<std::string>(&opt.outside_interface)->value_name("IF"),
-         "outside (public) interface, as for MASQUERADE; required")
+        ("outside,o", po::value<std::vector<std::string>>(&outsides)->value_name("IF"),
+         "outside (public) interface, as for MASQUERADE; repeat (or give a comma list) for several uplinks; "
+         "required")
         ("public-address,a", po::value<std::string>(&public_address)->value_name("ADDR"),
-         "public IPv4 address that inside peers share; default: the primary IPv4 address of --outside, "
-         "read through rtnetlink")
+         "public IPv4 address for every call (an override); default: each control connection's own, as "
+         "the kernel's NAT mapped it (its conntrack entry: a MASQUERADE or SNAT source, a SNAT pool "
+         "address, the address of a port forward or a 1:1 NAT)")
+        ("local-gre", po::value<std::string>(&local_gre)->value_name("POLICY")->default_value("auto"),
+         "GRE from outside that belongs to no call and is addressed to the gateway itself (its own PPTP "
+         "client or server): pass (untranslated, to the gateway's own input rules), drop, or auto (pass "
+         "while a process on the gateway holds a raw GRE socket, as pptp and pptpd do; checked every "
+         "second in /proc/net/raw; kernel-mode PPTP holds none: use pass)")
         ("fixup-port,p", po::value<std::vector<std::string>>(&ports)->value_name("PORT")->composing(),
          "TCP port of PPTP control connections to inspect; repeat for several (default 1723)")
         ("control-socket,s",
@@ -263,7 +272,7 @@ ParseResult parse(int argc, const char* const* argv) {
          "with one log line). Offloaded calls keep flowing while the agent restarts")
         ("offload-mark", po::value<std::string>(&offload_mark)->value_name("BIT")->default_value("0x01000000"),
          "packet mark bit (one bit) by which the queue rules skip offloaded GRE; the same as "
-         "pptp-fixup-rules --offload-mark. Set and cleared again within the prerouting and postrouting hooks")
+         "pptp-fixup-rules --offload-mark. Set by the offload rewrite, cleared again in postrouting: pick a bit your own rules do not use")
         ("offload-poll-interval",
          po::value<unsigned int>(&offload_poll)->value_name("SECONDS")->default_value(10),
          "seconds between readings of the offloaded calls' kernel counters (audit counters and idle timeouts)")
@@ -314,8 +323,30 @@ ParseResult parse(int argc, const char* const* argv) {
         throw UsageError("invalid --queue " + std::to_string(queue) + ": expected 0-65535");
     }
     opt.queue = static_cast<std::uint16_t>(queue);
-    if (opt.outside_interface.empty()) {
+    for (const auto& o : outsides) {
+        std::stringstream list(o);
+        std::string item;
+        while (std::getline(list, item, ',')) {
+            if (item.empty() || item.size() >= 16) {
+                throw UsageError("invalid --outside '" + o + "': expected interface names");
+            }
+            if (std::find(opt.outside_interfaces.begin(), opt.outside_interfaces.end(), item) ==
+                opt.outside_interfaces.end()) {
+                opt.outside_interfaces.push_back(item);
+            }
+        }
+    }
+    if (opt.outside_interfaces.empty()) {
         throw UsageError("missing --outside IF (the public interface)");
+    }
+    if (local_gre == "auto") {
+        opt.handler.local_gre = nat::HandlerConfig::LocalGre::Auto;
+    } else if (local_gre == "pass") {
+        opt.handler.local_gre = nat::HandlerConfig::LocalGre::Pass;
+    } else if (local_gre == "drop") {
+        opt.handler.local_gre = nat::HandlerConfig::LocalGre::Drop;
+    } else {
+        throw UsageError("invalid --local-gre '" + local_gre + "': expected auto, pass or drop");
     }
     if (!public_address.empty()) {
         opt.public_address = pptp::parse_ipv4_address(public_address);

@@ -19,8 +19,10 @@ inline constexpr std::uint16_t kDefaultFixupPort = 1723;
 
 struct Options {
     std::uint16_t queue = 0;
-    std::string outside_interface;
-    std::optional<std::uint32_t> public_address;  // host order; from the interface if unset
+    std::vector<std::string> outside_interfaces;  // one or more uplinks
+    // Host order. Unset: each control connection's own, from its conntrack
+    // entry (what the kernel's NAT chose).
+    std::optional<std::uint32_t> public_address;
     std::vector<std::uint16_t> fixup_ports;
     std::string control_socket = kDefaultControlSocket;
     std::string config_file;

@@ -91,8 +91,12 @@ std::string apply_rules(const RulesSettings& settings, const std::vector<std::ui
     }
     std::array<char, 16> mark{};
     (void)std::snprintf(mark.data(), mark.size(), "0x%08x", settings.offload_mark);
-    return run({settings.command, "install", "--outside", settings.outside_interface, "--queue",
-                std::to_string(settings.queue), "--ports", list, "--offload-mark", mark.data()},
+    std::string outsides;
+    for (const auto& name : settings.outside_interfaces) {
+        outsides += (outsides.empty() ? "" : ",") + name;
+    }
+    return run({settings.command, "install", "--outside", outsides, "--queue", std::to_string(settings.queue),
+                "--ports", list, "--offload-mark", mark.data()},
                timeout);
 }
 

@@ -11,7 +11,7 @@ namespace agent {
 
 struct RulesSettings {
     std::string command;  // pptp-fixup-rules, by path or from PATH
-    std::string outside_interface;
+    std::vector<std::string> outside_interfaces;
     std::uint16_t queue = 0;
     std::uint32_t offload_mark = 0x01000000;  // pptp-fixup-rules --offload-mark
 };

@@ -50,9 +50,9 @@ std::size_t CallTable::ConnectionKeyHash::operator()(const ConnectionKey& k) con
     return std::hash<std::uint64_t>{}(a * 0x9E3779B97F4A7C15ULL ^ b);
 }
 
-std::size_t CallTable::OutboundKeyHash::operator()(const OutboundKey& k) const noexcept {
-    const std::uint64_t a = (static_cast<std::uint64_t>(k.inside) << 32U) | k.outside;
-    return std::hash<std::uint64_t>{}(a * 0x9E3779B97F4A7C15ULL ^ k.outside_id);
+std::size_t CallTable::GreKeyHash::operator()(const GreKey& k) const noexcept {
+    const std::uint64_t a = (static_cast<std::uint64_t>(k.ours) << 32U) | k.outside;
+    return std::hash<std::uint64_t>{}(a * 0x9E3779B97F4A7C15ULL ^ k.call_id);
 }
 
 CallTable::CallTable(TableConfig config, const Clock& clock, Counters& counters, TableObserver* observer)
@@ -153,6 +153,11 @@ Call* CallTable::find_by_outside_id(const ControlConnection& conn, std::uint16_t
 }
 
 CallResult CallTable::new_call(ControlConnection& conn) {
+    // A call whose public address is not known cannot be translated: never
+    // half of it (its GRE would leave with an address the peer does not know).
+    if (public_address_of(conn) == 0) {
+        return {nullptr, CallError::NatUnknown};
+    }
     if (calls_.size() >= config_.max_calls || conn.calls.size() >= config_.max_calls_per_connection) {
         return {nullptr, CallError::CallLimit};
     }
@@ -169,7 +174,7 @@ CallResult CallTable::new_call(ControlConnection& conn) {
     call->connection = &conn;
     call->inside_address = conn.key.inside_address;
     call->outside_address = conn.key.outside_address;
-    call->public_address = config_.public_address;
+    call->public_address = public_address_of(conn);
     call->created = call->last_activity = clock_.now();
     conn.calls.push_back(call);
     return {call, CallError::None};
@@ -178,10 +183,10 @@ CallResult CallTable::new_call(ControlConnection& conn) {
 CallError CallTable::allocate_public_id(Call& call, std::uint16_t preferred) {
     const std::uint32_t lo = config_.call_id_min;
     const std::uint32_t span = static_cast<std::uint32_t>(config_.call_id_max) - lo + 1U;
-    if (ids_in_use_[call.outside_address] >= span) {
+    if (ids_in_use_[address_pair(call.public_address, call.outside_address)] >= span) {
         return CallError::CallIdSpaceExhausted;
     }
-    auto is_free = [&](std::uint32_t id) { return public_id_free(call.outside_address, id); };
+    auto is_free = [&](std::uint32_t id) { return public_id_free(call.public_address, call.outside_address, id); };
     std::uint32_t chosen = 0;
     bool found = false;
     if (config_.call_id_allocation == CallIdAllocation::Preserve) {
@@ -221,8 +226,8 @@ CallError CallTable::allocate_public_id(Call& call, std::uint16_t preferred) {
 void CallTable::take_public_id(Call& call, std::uint16_t id) {
     call.public_call_id = id;
     call.public_assigned = true;
-    by_public_.emplace(public_key(call.outside_address, id), &call);
-    ++ids_in_use_[call.outside_address];
+    by_public_.emplace(GreKey{call.public_address, call.outside_address, id}, &call);
+    ++ids_in_use_[address_pair(call.public_address, call.outside_address)];
 }
 
 CallError CallTable::allocate_public_id_by_high_byte(Call& call, std::uint8_t preferred_high) {
@@ -235,7 +240,8 @@ CallError CallTable::allocate_public_id_by_high_byte(Call& call, std::uint8_t pr
         const std::uint32_t block = (start + b) % 256U;
         for (std::uint32_t low = 0; low < 256; ++low) {
             const std::uint32_t id = block << 8U | low;
-            if (id >= config_.call_id_min && id <= config_.call_id_max && public_id_free(call.outside_address, id)) {
+            if (id >= config_.call_id_min && id <= config_.call_id_max &&
+                public_id_free(call.public_address, call.outside_address, id)) {
                 take_public_id(call, static_cast<std::uint16_t>(id));
                 return CallError::None;
             }
@@ -263,16 +269,16 @@ void CallTable::complete_inside_id(Call& call, std::uint16_t inside_id) {
     const bool same_block = (inside_id >> 8U) == (call.public_call_id >> 8U);
     if (config_.call_id_allocation == CallIdAllocation::Preserve && same_block && inside_id != call.public_call_id &&
         inside_id >= config_.call_id_min && inside_id <= config_.call_id_max &&
-        public_id_free(call.outside_address, inside_id)) {
-        by_public_.erase(public_key(call.outside_address, call.public_call_id));
+        public_id_free(call.public_address, call.outside_address, inside_id)) {
+        by_public_.erase(GreKey{call.public_address, call.outside_address, call.public_call_id});
         call.public_call_id = inside_id;
-        by_public_.emplace(public_key(call.outside_address, inside_id), &call);
+        by_public_.emplace(GreKey{call.public_address, call.outside_address, inside_id}, &call);
     }
     set_inside_id(call, inside_id);
 }
 
-bool CallTable::public_id_free(std::uint32_t outside_address, std::uint32_t id) const {
-    return by_public_.find(public_key(outside_address, static_cast<std::uint16_t>(id))) == by_public_.end();
+bool CallTable::public_id_free(std::uint32_t public_address, std::uint32_t outside_address, std::uint32_t id) const {
+    return by_public_.find(GreKey{public_address, outside_address, static_cast<std::uint16_t>(id)}) == by_public_.end();
 }
 
 void CallTable::set_inside_id(Call& call, std::uint16_t inside_id) {
@@ -317,11 +323,11 @@ CallError CallTable::assign_inside_id(Call& call, std::uint16_t inside_id) {
 void CallTable::link_outbound(Call& call) {
     // First come keeps it: a reply that repeats another call's Call ID (a
     // refusal with Call ID 0, a confused peer) must not take that call's GRE.
-    by_outbound_.try_emplace(OutboundKey{call.inside_address, call.outside_address, call.outside_call_id}, &call);
+    by_outbound_.try_emplace(GreKey{call.inside_address, call.outside_address, call.outside_call_id}, &call);
 }
 
 void CallTable::unlink_outbound(Call& call) {
-    auto it = by_outbound_.find(OutboundKey{call.inside_address, call.outside_address, call.outside_call_id});
+    auto it = by_outbound_.find(GreKey{call.inside_address, call.outside_address, call.outside_call_id});
     if (it != by_outbound_.end() && it->second == &call) {
         by_outbound_.erase(it);
     }
@@ -348,7 +354,7 @@ void CallTable::mark_established(Call& call) {
     // Offloaded only when this call owns both GRE keys: a reply that repeats
     // another call's Call ID leaves its GRE to that call (link_outbound).
     if (offload_ != nullptr && call.inside_known && call.outside_known &&
-        find_inbound(call.outside_address, call.public_call_id) == &call &&
+        find_inbound(call.outside_address, call.public_address, call.public_call_id) == &call &&
         find_outbound(call.inside_address, call.outside_address, call.outside_call_id) == &call) {
         call.offload_base = {call.packets_in, call.bytes_in, call.packets_out, call.bytes_out};
         call.offloaded = offload_->offload(call);
@@ -366,12 +372,13 @@ Call* CallTable::adopt_call(const AdoptedCall& adopted) {
         if (conn == nullptr) {
             return nullptr;
         }
+        conn->public_address = adopted.public_address;
         // Not `picked_up`: it comes from the agent's own state, not from a
         // segment anyone could send, and keeps the normal idle timeout.
         conn->state = ConnectionState::Established;
         conn->pns_side = adopted.pns_side;
     }
-    if (!public_id_free(adopted.connection.outside_address, adopted.public_call_id) ||
+    if (!public_id_free(adopted.public_address, adopted.connection.outside_address, adopted.public_call_id) ||
         find_outbound(adopted.connection.inside_address, adopted.connection.outside_address, adopted.outside_call_id) !=
             nullptr) {
         return nullptr;
@@ -402,8 +409,8 @@ Call* CallTable::adopt_call(const AdoptedCall& adopted) {
 
 void CallTable::unlink_call(Call& call) {
     if (call.public_assigned) {
-        by_public_.erase(public_key(call.outside_address, call.public_call_id));
-        auto used = ids_in_use_.find(call.outside_address);
+        by_public_.erase(GreKey{call.public_address, call.outside_address, call.public_call_id});
+        auto used = ids_in_use_.find(address_pair(call.public_address, call.outside_address));
         if (used != ids_in_use_.end() && --used->second == 0) {
             ids_in_use_.erase(used);
         }
@@ -465,14 +472,15 @@ const ControlConnection::EndedCall* CallTable::find_ended(const ControlConnectio
     return nullptr;
 }
 
-Call* CallTable::find_inbound(std::uint32_t outside_address, std::uint16_t public_id) const noexcept {
-    auto it = by_public_.find(public_key(outside_address, public_id));
+Call* CallTable::find_inbound(std::uint32_t outside_address, std::uint32_t public_address,
+                              std::uint16_t public_id) const noexcept {
+    auto it = by_public_.find(GreKey{public_address, outside_address, public_id});
     return it == by_public_.end() ? nullptr : it->second;
 }
 
 Call* CallTable::find_outbound(std::uint32_t inside_address, std::uint32_t outside_address,
                                std::uint16_t outside_id) const noexcept {
-    auto it = by_outbound_.find(OutboundKey{inside_address, outside_address, outside_id});
+    auto it = by_outbound_.find(GreKey{inside_address, outside_address, outside_id});
     return it == by_outbound_.end() ? nullptr : it->second;
 }
 

@@ -28,7 +28,9 @@ enum class CallIdAllocation : std::uint8_t {
 };
 
 struct TableConfig {
-    std::uint32_t public_address = 0;  // host byte order
+    // Host byte order. When set, every call uses it (--public-address);
+    // when 0, each connection's own, learned from the kernel's NAT.
+    std::uint32_t public_address = 0;
     CallIdAllocation call_id_allocation = CallIdAllocation::Preserve;
     // Seeds the random allocator; 0 takes a seed from the kernel.
     std::uint64_t random_seed = 0;
@@ -133,6 +135,9 @@ struct ControlConnection {
     Instant last_activity{};
     // The host that opened it (the PNS side, normally): limits are its.
     std::uint32_t initiator_address = 0;
+    // The address the outside peer talks to, as the kernel's NAT mapped the
+    // connection (its conntrack entry); 0 while unknown.
+    std::uint32_t public_address = 0;
     bool opened_from_outside = false;
     // Picked up mid-stream (no SYN seen): it counts as opening, with the
     // short setup timeout, until both peers have sent data the agent took,
@@ -236,7 +241,7 @@ public:
     virtual void call_torn_down(const Call& call, TeardownReason reason) = 0;
 };
 
-enum class CallError : std::uint8_t { None, CallLimit, HostCallLimit, CallIdSpaceExhausted };
+enum class CallError : std::uint8_t { None, CallLimit, HostCallLimit, CallIdSpaceExhausted, NatUnknown };
 
 struct CallResult {
     Call* call = nullptr;
@@ -300,8 +305,15 @@ public:
     [[nodiscard]] static const ControlConnection::EndedCall* find_ended(const ControlConnection& conn, bool by_inside,
                                                                         bool by_public, std::uint16_t id) noexcept;
 
-    // GRE lookups, O(1).
-    [[nodiscard]] Call* find_inbound(std::uint32_t outside_address, std::uint16_t public_id) const noexcept;
+    // GRE lookups, O(1). Inbound GRE names the public address it came to:
+    // Call IDs are unique per (public address, outside peer) only.
+    [[nodiscard]] Call* find_inbound(std::uint32_t outside_address, std::uint32_t public_address,
+                                     std::uint16_t public_id) const noexcept;
+    // The public address of a connection's calls: --public-address when set,
+    // else what the kernel's NAT chose for it (0 while unknown).
+    [[nodiscard]] std::uint32_t public_address_of(const ControlConnection& conn) const noexcept {
+        return config_.public_address != 0 ? config_.public_address : conn.public_address;
+    }
     [[nodiscard]] Call* find_outbound(std::uint32_t inside_address, std::uint32_t outside_address,
                                       std::uint16_t outside_id) const noexcept;
 
@@ -321,25 +333,28 @@ private:
     struct ConnectionKeyHash {
         std::size_t operator()(const ConnectionKey& k) const noexcept;
     };
-    // (outside address, public Call ID) -> call, for inbound GRE and uniqueness.
-    static std::uint64_t public_key(std::uint32_t outside, std::uint16_t id) noexcept {
-        return (static_cast<std::uint64_t>(outside) << 16U) | id;
-    }
-    struct OutboundKey {
-        std::uint32_t inside = 0;
+    // A GRE key as the table indexes it: an address of ours (the public
+    // address inbound, the inside peer's outbound), the outside peer's, and
+    // the Call ID the packet carries.
+    struct GreKey {
+        std::uint32_t ours = 0;
         std::uint32_t outside = 0;
-        std::uint16_t outside_id = 0;
-        bool operator==(const OutboundKey&) const = default;
+        std::uint16_t call_id = 0;
+        bool operator==(const GreKey&) const = default;
     };
-    struct OutboundKeyHash {
-        std::size_t operator()(const OutboundKey& k) const noexcept;
+    struct GreKeyHash {
+        std::size_t operator()(const GreKey& k) const noexcept;
     };
+    static std::uint64_t address_pair(std::uint32_t public_address, std::uint32_t outside) noexcept {
+        return (static_cast<std::uint64_t>(public_address) << 32U) | outside;
+    }
 
     CallResult new_call(ControlConnection& conn);
     CallError allocate_public_id(Call& call, std::uint16_t preferred);
     CallError allocate_public_id_by_high_byte(Call& call, std::uint8_t preferred_high);
     void take_public_id(Call& call, std::uint16_t id);
-    [[nodiscard]] bool public_id_free(std::uint32_t outside_address, std::uint32_t id) const;
+    [[nodiscard]] bool public_id_free(std::uint32_t public_address, std::uint32_t outside_address,
+                                      std::uint32_t id) const;
     void set_inside_id(Call& call, std::uint16_t inside_id);
     void unlink_call(Call& call);
     void link_outbound(Call& call);
@@ -355,10 +370,13 @@ private:
     std::unordered_map<ConnectionKey, ControlConnection, ConnectionKeyHash> connections_;
     std::unordered_map<std::uint64_t, ConnectionKey> connection_keys_;  // by serial
     std::unordered_map<std::uint64_t, Call> calls_;
-    std::unordered_map<std::uint64_t, Call*> by_public_;
-    std::unordered_map<OutboundKey, Call*, OutboundKeyHash> by_outbound_;
-    // Public IDs in use per outside peer, to refuse at once when the space is full.
-    std::unordered_map<std::uint32_t, std::uint32_t> ids_in_use_;
+    // (public address, outside peer, public Call ID): inbound GRE, uniqueness.
+    std::unordered_map<GreKey, Call*, GreKeyHash> by_public_;
+    // (inside peer, outside peer, outside Call ID): outbound GRE.
+    std::unordered_map<GreKey, Call*, GreKeyHash> by_outbound_;
+    // Public IDs in use per (public address, outside peer), to refuse at once
+    // when the space is full.
+    std::unordered_map<std::uint64_t, std::uint32_t> ids_in_use_;
     // Control connections and calls per opening host, for the per-host limits.
     std::unordered_map<std::uint32_t, std::uint32_t> connections_per_host_;
     std::unordered_map<std::uint32_t, std::uint32_t> calls_per_host_;

@@ -28,6 +28,7 @@ DropReason drop_reason_for(CallError e) noexcept {
         case CallError::CallLimit: return DropReason::call_limit;
         case CallError::HostCallLimit: return DropReason::call_limit_per_host;
         case CallError::CallIdSpaceExhausted: return DropReason::call_id_space_exhausted;
+        case CallError::NatUnknown: return DropReason::control_nat_unknown;
         case CallError::None: break;
     }
     return DropReason::none;
@@ -315,10 +316,12 @@ std::uint16_t ControlInspector::unused_value(const ControlConnection& conn, Dire
     const bool outbound = dir == Direction::Outbound;
     for (std::uint32_t low = 0; low < 256; ++low) {
         const auto value = static_cast<std::uint16_t>(static_cast<std::uint32_t>(high) << 8U | low);
-        const bool named = outbound ? (table_.find_inbound(conn.key.outside_address, value) != nullptr ||
-                                       CallTable::find_ended(conn, false, true, value) != nullptr)
-                                    : (table_.find_by_inside_id(conn, value) != nullptr ||
-                                       CallTable::find_ended(conn, true, false, value) != nullptr);
+        const bool named =
+            outbound
+                ? (table_.find_inbound(conn.key.outside_address, table_.public_address_of(conn), value) != nullptr ||
+                   CallTable::find_ended(conn, false, true, value) != nullptr)
+                : (table_.find_by_inside_id(conn, value) != nullptr ||
+                   CallTable::find_ended(conn, true, false, value) != nullptr);
         if (!named && !(outbound && value == 0)) {
             return value;
         }
@@ -545,7 +548,8 @@ ControlInspector::Outcome ControlInspector::translate_fields(ControlConnection& 
         // Its public Call ID may have gone to another call at that peer since:
         // then it names that call, not this one.
         const bool reused = ended != nullptr && outbound && inside_value &&
-                            table_.find_inbound(conn.key.outside_address, ended->public_call_id) != nullptr;
+                            table_.find_inbound(conn.key.outside_address, table_.public_address_of(conn),
+                                                ended->public_call_id) != nullptr;
         if (ended != nullptr && !reused) {
             counters_.add(EventCounter::control_messages_of_ended_calls);
             d.ignore = true;  // no call to change

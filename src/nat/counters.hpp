@@ -31,6 +31,7 @@ namespace nat {
     X(tcp_syns_ignored)                \
     X(gre_inbound)                     \
     X(gre_outbound)                    \
+    X(gre_to_gateway)                  \
     X(transit_packets)                 \
     X(connections_built)               \
     X(connections_torn_down)           \
@@ -68,6 +69,7 @@ namespace nat {
     X(call_limit)                   \
     X(call_limit_per_host)          \
     X(call_id_space_exhausted)      \
+    X(control_nat_unknown)          \
     X(gre_truncated)                \
     X(gre_not_version_1)            \
     X(gre_not_ppp)                  \
@@ -76,7 +78,6 @@ namespace nat {
     X(gre_key_missing)              \
     X(gre_bad_flags)                \
     X(gre_bad_payload_length)       \
-    X(gre_not_to_public_address)    \
     X(gre_no_matching_call)
 
 enum class EventCounter : std::uint8_t {

@@ -38,7 +38,7 @@ constexpr std::uint8_t kTcpRst = 0x04;
 
 TeardownReason refusal_reason(DropReason why) noexcept {
     const bool refusal = why == DropReason::call_limit || why == DropReason::call_limit_per_host ||
-                         why == DropReason::call_id_space_exhausted;
+                         why == DropReason::call_id_space_exhausted || why == DropReason::control_nat_unknown;
     return refusal ? TeardownReason::CallRefused : TeardownReason::ProtocolViolation;
 }
 constexpr std::uint8_t kTcpAck = 0x10;
@@ -59,6 +59,37 @@ std::size_t strip_segment(std::span<std::uint8_t> packet, std::size_t tcp_offset
                      pptp::tcp_checksum_ipv4(pptp::load_be32(packet.data() + pptp::kIpv4SourceOffset),
                                              pptp::load_be32(packet.data() + pptp::kIpv4DestinationOffset), tcp));
     return length;
+}
+
+std::uint32_t public_address_for(const NatMapping& nat, std::uint32_t outside_peer) noexcept {
+    if (nat.original_source == outside_peer) {
+        return nat.original_destination;
+    }
+    if (nat.reply_source == outside_peer) {
+        return nat.reply_destination;
+    }
+    return 0;
+}
+
+void PacketHandler::learn_public_address(ControlConnection& conn) {
+    // Asked once a connection carries data: its SYN was queued before the
+    // kernel's NAT decided (SNAT comes after FORWARD) and confirmed the entry.
+    if (conn.public_address != 0 || table_.config().public_address != 0 || nat_lookup_ == nullptr) {
+        return;
+    }
+    if (const auto mapping = nat_lookup_->mapping_of(conn.key)) {
+        conn.public_address = public_address_for(*mapping, conn.key.outside_address);
+    }
+}
+
+void PacketHandler::set_local_addresses(std::vector<std::uint32_t> addresses) {
+    std::sort(addresses.begin(), addresses.end());
+    addresses.erase(std::unique(addresses.begin(), addresses.end()), addresses.end());
+    local_addresses_ = std::move(addresses);
+}
+
+bool PacketHandler::is_local(std::uint32_t address) const noexcept {
+    return std::binary_search(local_addresses_.begin(), local_addresses_.end(), address);
 }
 
 PacketHandler::PacketHandler(CallTable& table, Counters& counters, DropObserver* observer, HandlerConfig config)
@@ -171,11 +202,15 @@ Verdict PacketHandler::handle_gre(Direction dir, std::span<std::uint8_t> packet,
     std::array<std::uint8_t, 4> address{};
     if (dir == Direction::Inbound) {
         counters_.add(EventCounter::gre_inbound);
-        if (destination != table_.config().public_address) {
-            return drop(DropReason::gre_not_to_public_address, source, destination);
-        }
-        Call* call = table_.find_inbound(source, gre.header.call_id);
+        Call* call = table_.find_inbound(source, destination, gre.header.call_id);
         if (call == nullptr) {
+            const bool pass = config_.local_gre == HandlerConfig::LocalGre::Pass ||
+                              (config_.local_gre == HandlerConfig::LocalGre::Auto && gateway_gre_);
+            if (pass && is_local(destination)) {
+                // The gateway's own PPTP: the kernel's, and its input rules'.
+                counters_.add(EventCounter::gre_to_gateway);
+                return Verdict{};
+            }
             return drop(DropReason::gre_no_matching_call, source, destination);
         }
         // A call still waiting for its reply is fine: the server may send its
@@ -269,6 +304,9 @@ Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> pac
         }
     }
     conn->last_activity = table_.now();
+    if (payload_size > 0 && !tcp->syn) {
+        learn_public_address(*conn);
+    }
     if (conn->state == ConnectionState::Reset) {
         return reset_segment(*conn, dir, packet, ip_header_length, *tcp);
     }

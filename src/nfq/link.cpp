@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <fstream>
+#include <string>
 #include <vector>
 
 namespace nfq {
@@ -24,15 +26,16 @@ std::uint32_t interface_index(const std::string& name) {
 
 namespace {
 struct AddressQuery {
-    std::uint32_t ifindex = 0;
-    std::optional<std::uint32_t> address;
+    std::uint32_t ifindex = 0;  // 0: every interface
+    bool primary_only = true;
+    std::vector<std::uint32_t> addresses;
 };
 
 int on_address(const nlmsghdr* nlh, void* data) {
     auto* query = static_cast<AddressQuery*>(data);
     const auto* ifa = static_cast<const ifaddrmsg*>(mnl_nlmsg_get_payload(nlh));
-    if (ifa->ifa_family != AF_INET || ifa->ifa_index != query->ifindex || (ifa->ifa_flags & IFA_F_SECONDARY) != 0 ||
-        query->address) {
+    if (ifa->ifa_family != AF_INET || (query->ifindex != 0 && ifa->ifa_index != query->ifindex) ||
+        (query->primary_only && ((ifa->ifa_flags & IFA_F_SECONDARY) != 0 || !query->addresses.empty()))) {
         return MNL_CB_OK;
     }
     struct Found {
@@ -51,26 +54,21 @@ int on_address(const nlmsghdr* nlh, void* data) {
             return MNL_CB_OK;
         },
         &found);
-    const nlattr* local = found.local;
-    const nlattr* address = found.address;
-    const nlattr* chosen = local != nullptr ? local : address;
+    const nlattr* chosen = found.local != nullptr ? found.local : found.address;
     if (chosen != nullptr && mnl_attr_get_payload_len(chosen) == 4) {
         std::uint32_t value = 0;
         std::memcpy(&value, mnl_attr_get_payload(chosen), 4);
-        query->address = ntohl(value);
+        query->addresses.push_back(ntohl(value));
     }
     return MNL_CB_OK;
 }
-}  // namespace
 
-std::optional<std::uint32_t> primary_ipv4_address(std::uint32_t ifindex) {
+void dump_addresses(AddressQuery& query) {
     mnl_socket* sock = mnl_socket_open(NETLINK_ROUTE);
     if (sock == nullptr) {
         throw LinkError(std::string("cannot open rtnetlink socket: ") + std::strerror(errno));
     }
     std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
-    AddressQuery query;
-    query.ifindex = ifindex;
     try {
         if (mnl_socket_bind(sock, 0, MNL_SOCKET_AUTOPID) < 0) {
             throw LinkError(std::string("cannot bind rtnetlink socket: ") + std::strerror(errno));
@@ -104,7 +102,39 @@ std::optional<std::uint32_t> primary_ipv4_address(std::uint32_t ifindex) {
         throw;
     }
     mnl_socket_close(sock);
-    return query.address;
+}
+}  // namespace
+
+std::optional<std::uint32_t> primary_ipv4_address(std::uint32_t ifindex) {
+    AddressQuery query;
+    query.ifindex = ifindex;
+    dump_addresses(query);
+    if (query.addresses.empty()) {
+        return std::nullopt;
+    }
+    return query.addresses.front();
+}
+
+bool gre_socket_open() {
+    std::ifstream raw("/proc/net/raw");
+    std::string line;
+    std::getline(raw, line);  // the header
+    while (std::getline(raw, line)) {
+        // "  3: 00000000:002F 00000000:0000 07 ...": the "port" of a raw
+        // socket is its protocol, 0x2F = 47 = GRE.
+        const auto colon = line.find(':', line.find(':') + 1);
+        if (colon != std::string::npos && line.compare(colon + 1, 4, "002F") == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+std::vector<std::uint32_t> local_ipv4_addresses() {
+    AddressQuery query;
+    query.primary_only = false;
+    dump_addresses(query);
+    return query.addresses;
 }
 
 LinkWatcher::LinkWatcher() {

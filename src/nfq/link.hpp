@@ -6,6 +6,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 struct mnl_socket;
 
@@ -19,6 +20,11 @@ public:
 [[nodiscard]] std::uint32_t interface_index(const std::string& name);  // throws LinkError
 // The primary (first, non-secondary) IPv4 address of the interface, host order.
 [[nodiscard]] std::optional<std::uint32_t> primary_ipv4_address(std::uint32_t ifindex);  // throws LinkError
+// Whether a process in this network namespace holds a raw IPv4 socket for
+// GRE (/proc/net/raw), as the pptp client and pptpd do.
+[[nodiscard]] bool gre_socket_open();
+// Every IPv4 address of every interface (the gateway's own), host order.
+[[nodiscard]] std::vector<std::uint32_t> local_ipv4_addresses();  // throws LinkError
 
 // Tells when IPv4 addresses or links change (RTNLGRP_IPV4_IFADDR, RTNLGRP_LINK),
 // so the agent can follow a dynamic public address as MASQUERADE does.

@@ -339,8 +339,13 @@ struct NftOffload::Batch {
 };
 
 NftOffload::NftOffload(OffloadConfig config) : config_(std::move(config)), buffer_(std::size_t{256} * 1024U) {
-    if (config_.outside_interface.empty() || config_.outside_interface.size() >= IFNAMSIZ) {
+    if (config_.outside_interfaces.empty()) {
         throw OffloadError("offload: an outside interface name is needed");
+    }
+    for (const auto& name : config_.outside_interfaces) {
+        if (name.empty() || name.size() >= IFNAMSIZ) {
+            throw OffloadError("offload: invalid interface name '" + name + "'");
+        }
     }
     if (config_.mark == 0 || (config_.mark & (config_.mark - 1)) != 0) {
         throw OffloadError("offload: the mark must be a single bit");
@@ -645,8 +650,7 @@ void NftOffload::install(const std::vector<CallRecord>& keep) {
         std::uint32_t hook;
         std::int32_t priority;
     };
-    const std::array<ChainSpec, 4> chains{{{"inbound", NF_INET_PRE_ROUTING, -180},
-                                           {"inbound_done", NF_INET_PRE_ROUTING, -140},
+    const std::array<ChainSpec, 3> chains{{{"inbound", NF_INET_PRE_ROUTING, -180},
                                            {"outbound", NF_INET_POST_ROUTING, -180},
                                            {"outbound_done", NF_INET_POST_ROUTING, -140}}};
     for (const ChainSpec& c : chains) {
@@ -668,29 +672,32 @@ void NftOffload::install(const std::vector<CallRecord>& keep) {
     };
     // Only the offload rule below sets the bit: a packet that arrives with it
     // set must not skip the queue.
-    for (const char* chain : {"inbound", "inbound_done", "outbound", "outbound_done"}) {
+    for (const char* chain : {"inbound", "outbound", "outbound_done"}) {
         RuleBuilder clear(table, chain);
         clear.gre_only().mark_bit(config_.mark, false);
         add_rule(clear);
     }
-    RuleBuilder in(table, "inbound");
-    in.interface(NFT_META_IIFNAME, config_.outside_interface)
-        .pptp_gre()
-        .gre_key()
-        .lookup(kInAddr, 1, kRegKey, kRegAddress)
-        .lookup(kInKey, 2, kRegKey, kRegCallId)
-        .write(NFT_PAYLOAD_NETWORK_HEADER, 16, 4, kRegAddress, true)
-        .write(NFT_PAYLOAD_TRANSPORT_HEADER, 6, 2, kRegCallId, false)
-        .mark_bit(config_.mark, true);
-    add_rule(in);
-    RuleBuilder out(table, "outbound");
-    out.interface(NFT_META_OIFNAME, config_.outside_interface)
-        .pptp_gre()
-        .gre_key()
-        .lookup(kOutSource, 3, kRegKey, kRegAddress)
-        .write(NFT_PAYLOAD_NETWORK_HEADER, 12, 4, kRegAddress, true)
-        .mark_bit(config_.mark, true);
-    add_rule(out);
+    // One rule per outside interface and way.
+    for (const std::string& outside : config_.outside_interfaces) {
+        RuleBuilder in(table, "inbound");
+        in.interface(NFT_META_IIFNAME, outside)
+            .pptp_gre()
+            .gre_key()
+            .lookup(kInAddr, 1, kRegKey, kRegAddress)
+            .lookup(kInKey, 2, kRegKey, kRegCallId)
+            .write(NFT_PAYLOAD_NETWORK_HEADER, 16, 4, kRegAddress, true)
+            .write(NFT_PAYLOAD_TRANSPORT_HEADER, 6, 2, kRegCallId, false)
+            .mark_bit(config_.mark, true);
+        add_rule(in);
+        RuleBuilder out(table, "outbound");
+        out.interface(NFT_META_OIFNAME, outside)
+            .pptp_gre()
+            .gre_key()
+            .lookup(kOutSource, 3, kRegKey, kRegAddress)
+            .write(NFT_PAYLOAD_NETWORK_HEADER, 12, 4, kRegAddress, true)
+            .mark_bit(config_.mark, true);
+        add_rule(out);
+    }
 
     // The kept calls: with the table in the first transaction, the rest in
     // more (their GRE meanwhile goes to the queue, which knows them too).

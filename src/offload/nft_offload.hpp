@@ -13,9 +13,11 @@
 //                  and the offload mark bit set
 //   chain outbound postrouting -180: PPTP GRE out through it whose key is in
 //                  out_source gets its source rewritten and the mark bit set
-//   chains inbound_done, outbound_done (-140): clear the bit again
-// The queue rules (mangle, -150) skip packets with the bit set; a packet of
-// no element has it cleared and goes to the queue as before.
+//   chain outbound_done (postrouting -140): clears the bit again
+// The queue rules (mangle, -150) skip packets with the bit set, the filter
+// rules accept inbound ones by it; the outbound chain clears it first, so it
+// never leaves the box. A packet of no element has it cleared and goes to
+// the queue as before.
 #pragma once
 
 #include <cstddef>
@@ -36,7 +38,7 @@ public:
 
 struct OffloadConfig {
     std::string table = "pptp_fixup";
-    std::string outside_interface;
+    std::vector<std::string> outside_interfaces;
     std::uint32_t mark = 0x01000000;  // one bit, as the rule set's --offload-mark
     std::uint32_t max_calls = 65536;  // map size; a full map refuses (ENOSPC)
 };

@@ -356,7 +356,7 @@ GRE_KINDS = {
     "no_key": ("K bit clear", "gre_key_missing"),
     "bad_flags": ("recursion control 3", "gre_bad_flags"),
     "to_inside": ("to an inside address, raw Ethernet frame to the router",
-                  "gre_not_to_public_address"),
+                  "gre_no_matching_call"),
     "non_ppp": ("enhanced GRE (version 1) carrying protocol 0x0800 (not "
                 "queued: not PPTP GRE)", None),
     "gre_tunnel": ("plain GRE (version 0) carrying IPv4, as a GRE tunnel "

@@ -110,11 +110,11 @@ void BM_FindInbound(benchmark::State& state) {
     TableFixture f(static_cast<std::size_t>(state.range(0)));
     std::size_t i = 0;
     for (auto _ : state) {
-        const nat::Call* c = f.table->find_inbound(kServer, f.public_ids[f.order[i]]);
+        const nat::Call* c = f.table->find_inbound(kServer, kPublic, f.public_ids[f.order[i]]);
         benchmark::DoNotOptimize(c);
         if (++i == f.order.size()) i = 0;
     }
-    if (f.table->find_inbound(kServer, f.public_ids[0]) == nullptr) state.SkipWithError("lookup failed");
+    if (f.table->find_inbound(kServer, kPublic, f.public_ids[0]) == nullptr) state.SkipWithError("lookup failed");
 }
 BENCHMARK(BM_FindInbound)->Arg(1)->Arg(100)->Arg(10000);
 
@@ -266,8 +266,8 @@ void BM_MemoryPerCall(benchmark::State& state) {
             nat::ControlConnection* conn = nullptr;
             for (std::size_t i = 0; i < calls; ++i) {
                 if (i % per_connection == 0) {
-                    conn = table.create_connection(
-                        nat::ConnectionKey{kClient, kServer, static_cast<std::uint16_t>(1024 + i / per_connection), 1723});
+                    conn = table.create_connection(nat::ConnectionKey{
+                        kClient, kServer, static_cast<std::uint16_t>(1024 + i / per_connection), 1723});
                 }
                 nat::CallResult r = table.create_call_from_inside(*conn, static_cast<std::uint16_t>(1 + i));
                 table.set_outside_id(*r.call, static_cast<std::uint16_t>(1 + i));

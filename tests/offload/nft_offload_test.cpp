@@ -51,7 +51,7 @@ CallRecord record(std::uint16_t public_id, std::uint32_t inside = kInside, std::
 OffloadConfig config(std::uint32_t max_calls = 1024) {
     OffloadConfig c;
     c.table = "pptp_fixup_test";
-    c.outside_interface = "t0";
+    c.outside_interfaces = {"t0"};
     c.max_calls = max_calls;
     return c;
 }

@@ -157,7 +157,7 @@ int main(int argc, char** argv) {
     nat::SteadyClock clock;
     nat::Counters counters;
     offload::OffloadConfig oconfig;
-    oconfig.outside_interface = "out0";  // matched by name; need not exist
+    oconfig.outside_interfaces = {"out0"};  // matched by name; need not exist
     oconfig.max_calls = calls;
     double t_install = 0;
     std::string failure;

@@ -86,7 +86,7 @@ TEST(Options, ConfigFileTakesTheSameKeysAndTheCommandLineWins) {
     const auto r = run({"--config", path.c_str(), "--outside", "eth9"});
     ASSERT_TRUE(r.options);
     EXPECT_EQ(r.options->queue, 4);
-    EXPECT_EQ(r.options->outside_interface, "eth9");
+    EXPECT_EQ(r.options->outside_interfaces, std::vector<std::string>{"eth9"});
     EXPECT_EQ(r.options->fixup_ports, (std::vector<std::uint16_t>{1723, 1800}));
     EXPECT_EQ(r.options->table.call_idle_timeout, std::chrono::seconds(30));
     {
@@ -101,6 +101,31 @@ TEST(Options, ConfigFileTakesTheSameKeysAndTheCommandLineWins) {
     }
     std::remove(path.c_str());
     EXPECT_THROW(run({"--config", "/nonexistent/pptp-fixupd.conf"}), UsageError);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Options, SeveralUplinksOffloadAndLocalGre) {
+    const auto r = run({"--queue", "3", "--outside", "eth1", "--outside", "eth2,eth3", "--outside", "eth1",
+                        "--gre-offload", "off", "--offload-mark", "0x100", "--local-gre", "drop"});
+    ASSERT_TRUE(r.options);
+    EXPECT_EQ(r.options->outside_interfaces, (std::vector<std::string>{"eth1", "eth2", "eth3"}));
+    EXPECT_EQ(r.options->gre_offload, daemon_options::Options::GreOffload::Off);
+    EXPECT_EQ(r.options->offload_mark, 0x100u);
+    EXPECT_EQ(r.options->handler.local_gre, nat::HandlerConfig::LocalGre::Drop);
+    const auto d = run({"--queue", "3", "--outside", "eth1"});
+    ASSERT_TRUE(d.options);
+    EXPECT_EQ(d.options->gre_offload, daemon_options::Options::GreOffload::Auto);
+    EXPECT_EQ(d.options->handler.local_gre, nat::HandlerConfig::LocalGre::Auto);
+    EXPECT_THROW(run({"--queue", "3", "--outside", "eth1", "--offload-mark", "0x3"}), UsageError);  // two bits
+    EXPECT_THROW(run({"--queue", "3", "--outside", "eth1", "--gre-offload", "fast"}), UsageError);
+    EXPECT_THROW(run({"--queue", "3", "--outside", "eth1", "--local-gre", "maybe"}), UsageError);
+    EXPECT_THROW(run({"--queue", "3", "--outside", "eth1,,eth2"}), UsageError);
+    const auto removal = run({"--remove-offload"});  // needs nothing else
+    ASSERT_TRUE(removal.options);
+    EXPECT_TRUE(removal.options->remove_offload);
 }
 
 }  // namespace

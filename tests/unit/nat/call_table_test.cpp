@@ -67,7 +67,7 @@ TEST_F(CallTableTest, RandomAllocationRewritesAndSpreadsPublicIds) {
         ASSERT_NE(r.call, nullptr);
         kept_inside_id += r.call->public_call_id == 7 ? 1 : 0;
         seen.insert(r.call->public_call_id);
-        EXPECT_EQ(table.find_inbound(kServerA, r.call->public_call_id), r.call);
+        EXPECT_EQ(table.find_inbound(kServerA, kPublic, r.call->public_call_id), r.call);
     }
     EXPECT_EQ(seen.size(), 64u) << "public Call IDs stay unique per outside peer";
     EXPECT_LE(kept_inside_id, 1) << "random does not keep the inside Call ID";
@@ -101,8 +101,8 @@ TEST_F(CallTableTest, SameInsideIdFromTwoClientsGetsTwoPublicIds) {
     auto* b = table.create_call_from_inside(*c2, 7).call;
     ASSERT_TRUE(a && b);
     EXPECT_NE(a->public_call_id, b->public_call_id);
-    EXPECT_EQ(table.find_inbound(kServerA, a->public_call_id), a);
-    EXPECT_EQ(table.find_inbound(kServerA, b->public_call_id), b);
+    EXPECT_EQ(table.find_inbound(kServerA, kPublic, a->public_call_id), a);
+    EXPECT_EQ(table.find_inbound(kServerA, kPublic, b->public_call_id), b);
 }
 
 TEST_F(CallTableTest, PublicIdsAreUniquePerOutsidePeerOnly) {
@@ -113,8 +113,8 @@ TEST_F(CallTableTest, PublicIdsAreUniquePerOutsidePeerOnly) {
     auto* b = table.create_call_from_inside(*c2, 7).call;
     EXPECT_EQ(a->public_call_id, 7);
     EXPECT_EQ(b->public_call_id, 7);  // different outside peer: no clash
-    EXPECT_EQ(table.find_inbound(kServerA, 7), a);
-    EXPECT_EQ(table.find_inbound(kServerB, 7), b);
+    EXPECT_EQ(table.find_inbound(kServerA, kPublic, 7), a);
+    EXPECT_EQ(table.find_inbound(kServerB, kPublic, 7), b);
 }
 
 TEST_F(CallTableTest, ManyCallsAllUnique) {
@@ -201,7 +201,7 @@ TEST_F(CallTableTest, OutsideInitiatedCallGetsPublicIdWhenInsideAnswers) {
     EXPECT_EQ(table.find_outbound(kClient1, kServerA, 55), nullptr);
     EXPECT_EQ(table.assign_inside_id(*call, 9), CallError::None);
     EXPECT_EQ(table.find_outbound(kClient1, kServerA, 55), call);
-    EXPECT_EQ(table.find_inbound(kServerA, call->public_call_id), call);
+    EXPECT_EQ(table.find_inbound(kServerA, kPublic, call->public_call_id), call);
 }
 
 TEST_F(CallTableTest, ExpiresIdleCallsByState) {
@@ -229,7 +229,7 @@ TEST_F(CallTableTest, ExpiresIdleCallsByState) {
     EXPECT_EQ(table.expire(), 1u);
     EXPECT_EQ(observer.last_reason, TeardownReason::IdleTimeout);
     EXPECT_EQ(counters.get(EventCounter::calls_expired), 2u);
-    EXPECT_EQ(table.find_inbound(kServerA, 1), nullptr);
+    EXPECT_EQ(table.find_inbound(kServerA, kPublic, 1), nullptr);
 }
 
 TEST_F(CallTableTest, CallsWithGreBothWaysLastHoursOthersMinutes) {
@@ -394,7 +394,7 @@ TEST_F(CallTableTest, ARefusedOffloadLeavesTheCallOnTheQueuePath) {
     Call* call = established_call(table, *conn, 7, 70);
     EXPECT_FALSE(call->offloaded);
     EXPECT_EQ(counters.get(EventCounter::calls_offload_failed), 1u);
-    EXPECT_EQ(table.find_inbound(kServerA, call->public_call_id), call);
+    EXPECT_EQ(table.find_inbound(kServerA, kPublic, call->public_call_id), call);
     table.remove_call(*call, TeardownReason::Cleared);
     EXPECT_TRUE(offload.withdrawn.empty());  // nothing to withdraw
 }
@@ -447,8 +447,8 @@ TEST_F(CallTableTest, AdoptedCallsTranslateAsTheyDidAndCountOn) {
     ASSERT_NE(a, nullptr);
     ASSERT_NE(b, nullptr);
     EXPECT_TRUE(offload.offered.empty());  // already in the kernel
-    EXPECT_EQ(table.find_inbound(kServerA, 7), a);
-    EXPECT_EQ(table.find_inbound(kServerA, 8), b);
+    EXPECT_EQ(table.find_inbound(kServerA, kPublic, 7), a);
+    EXPECT_EQ(table.find_inbound(kServerA, kPublic, 8), b);
     EXPECT_EQ(table.find_outbound(kClient2, kServerA, 101), b);
     EXPECT_EQ(a->state, CallState::Established);
     EXPECT_TRUE(a->offloaded);

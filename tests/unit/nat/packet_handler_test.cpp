@@ -46,8 +46,10 @@ protected:
         handler->set_deferred_verdicts(&deferred);
         handler->enable_port(1723);
     }
-    PacketHandlerTest(TableConfig config, HandlerConfig hc) : handler_config(hc) {
-        config.public_address = kPublic;
+    // fixed_public: --public-address; without it each connection's public
+    // address comes from its NAT mapping (`nat`, the kernel's conntrack).
+    PacketHandlerTest(TableConfig config, HandlerConfig hc, bool fixed_public = true) : handler_config(hc) {
+        config.public_address = fixed_public ? kPublic : 0;
         table = std::make_unique<CallTable>(config, clock, counters, nullptr);
         handler = std::make_unique<PacketHandler>(*table, counters, nullptr, handler_config);
         handler->set_deferred_verdicts(&deferred);
@@ -136,6 +138,18 @@ protected:
         EXPECT_EQ(counters.get(why), 1u);
     }
 
+    // The kernel's conntrack table as the netfilter layer would read it.
+    struct FakeConntrack : NatLookup {
+        std::optional<NatMapping> mapping_of(const ConnectionKey& key) override {
+            ++lookups;
+            for (const auto& [k, m] : entries) {
+                if (k == key) return m;
+            }
+            return std::nullopt;
+        }
+        std::vector<std::pair<ConnectionKey, NatMapping>> entries;
+        int lookups = 0;
+    } nat;
     ManualClock clock;
     Counters counters;
     Bytes last;  // the latest control segment as it left
@@ -166,7 +180,7 @@ TEST_F(PacketHandlerTest, OutgoingCallIsTranslatedBothWays) {
     EXPECT_EQ(get16(g, 26), 7);
     EXPECT_EQ(get32(g, 12), kServer);
 
-    const Call* c = table->find_inbound(kServer, 7);
+    const Call* c = table->find_inbound(kServer, kPublic, 7);
     ASSERT_NE(c, nullptr);
     EXPECT_EQ(c->packets_in, 1u);
     EXPECT_EQ(c->packets_out, 1u);
@@ -203,10 +217,10 @@ TEST_F(PacketHandlerTest, GreThatMatchesNoCallIsDropped) {
     EXPECT_EQ(counters.get(DropReason::gre_no_matching_call), 1u);
     EXPECT_FALSE(gre_in(kServer2, kPublic, 7).accept);  // wrong outside peer
     EXPECT_EQ(counters.get(DropReason::gre_no_matching_call), 2u);
-    EXPECT_FALSE(gre_in(kServer, kPublic + 1, 7).accept);
-    EXPECT_EQ(counters.get(DropReason::gre_not_to_public_address), 1u);
-    EXPECT_FALSE(gre_out(kClient1, kServer, 301).accept);
+    EXPECT_FALSE(gre_in(kServer, kPublic + 1, 7).accept);  // to another address
     EXPECT_EQ(counters.get(DropReason::gre_no_matching_call), 3u);
+    EXPECT_FALSE(gre_out(kClient1, kServer, 301).accept);
+    EXPECT_EQ(counters.get(DropReason::gre_no_matching_call), 4u);
     EXPECT_TRUE(gre_in(kServer, kPublic, 7).accept);
 }
 
@@ -368,7 +382,7 @@ TEST_F(PacketHandlerTest, SegmentEndingInsideACallIdFieldIsHeldUntilTheFieldIsCo
     const Bytes p2 = tcp_payload(second);
     const std::uint16_t public_id = static_cast<std::uint16_t>((p1[12] << 8) | p2[0]);
     EXPECT_NE(public_id, 0x0707);
-    EXPECT_EQ(table->find_inbound(kServer, public_id)->inside_address, kClient2);
+    EXPECT_EQ(table->find_inbound(kServer, kPublic, public_id)->inside_address, kClient2);
     b.out_seq += static_cast<std::uint32_t>(msg.size());
     const Bytes got = in(b, ocrp(301, public_id));
     EXPECT_EQ(get16(got, 14), 0x0707);
@@ -548,7 +562,7 @@ TEST_F(PacketHandlerTest, MessagesAboutAClearedCallStillTranslateButItsGreStops)
     open(b);
     call(a, 7, 300);
     const std::uint16_t pb = call(b, 7, 301);
-    Call* cb = table->find_inbound(kServer, pb);
+    Call* cb = table->find_inbound(kServer, kPublic, pb);
     table->remove_call(*cb, TeardownReason::Cleared);
     EXPECT_FALSE(gre_in(kServer, kPublic, pb).accept);
     Verdict v;
@@ -1331,6 +1345,98 @@ TEST_F(PacketHandlerTest, AReplyCutInsideItsCallIdsResetsInsteadOfStalling) {
     EXPECT_EQ(v.length, 40u);
     EXPECT_EQ(again[33] & 0x04, 0x04);
     EXPECT_EQ(get32(again, 24), start + 12);
+}
+
+TEST_F(PacketHandlerTest, GreOfNoCallToTheGatewayItselfIsLeftToIt) {
+    Flow f{kClient1, 40000};
+    open(f);
+    call(f, 7, 300);
+    handler->set_local_addresses({kPublic, kPublic + 1});
+    // Auto: only while the gateway has a GRE socket of its own.
+    EXPECT_FALSE(gre_in(kServer, kPublic, 99).accept);
+    EXPECT_EQ(counters.get(DropReason::gre_no_matching_call), 1u);
+    handler->set_gateway_gre(true);
+    Bytes p;
+    const Verdict v = gre_in(kServer, kPublic, 99, &p);  // the gateway's own call
+    EXPECT_TRUE(v.accept);
+    EXPECT_FALSE(v.modified);
+    EXPECT_EQ(counters.get(EventCounter::gre_to_gateway), 1u);
+    EXPECT_FALSE(gre_in(kServer, kPublic + 5, 99).accept);  // not the gateway's: no call, dropped
+    EXPECT_EQ(counters.get(DropReason::gre_no_matching_call), 2u);
+    // A call's own GRE is still translated.
+    EXPECT_TRUE(gre_in(kServer, kPublic, 7).modified);
+}
+
+class StrictLocalGreTest : public PacketHandlerTest {
+protected:
+    StrictLocalGreTest()
+        : PacketHandlerTest(TableConfig{}, HandlerConfig{ViolationPolicy::Reset, {}, HandlerConfig::LocalGre::Drop}) {}
+};
+
+TEST_F(StrictLocalGreTest, GreOfNoCallToTheGatewayIsDroppedWhenAskedTo) {
+    handler->set_local_addresses({kPublic});
+    handler->set_gateway_gre(true);
+    EXPECT_FALSE(gre_in(kServer, kPublic, 99).accept);
+    EXPECT_EQ(counters.get(DropReason::gre_no_matching_call), 1u);
+}
+
+class LearnedNatTest : public PacketHandlerTest {
+protected:
+    LearnedNatTest() : PacketHandlerTest(TableConfig{}, HandlerConfig{}, false) { handler->set_nat_lookup(&nat); }
+    void map(const Flow& f, const NatMapping& m) {
+        nat.entries.emplace_back(ConnectionKey{f.client, kServer, f.port, 1723}, m);
+    }
+    // An inside client's connection SNATed to `public_address`.
+    static NatMapping snat(std::uint32_t client, std::uint32_t public_address) {
+        return NatMapping{client, kServer, kServer, public_address};
+    }
+};
+
+TEST_F(LearnedNatTest, EachConnectionUsesThePublicAddressTheKernelChose) {
+    constexpr std::uint32_t kPoolA = kPublic;
+    constexpr std::uint32_t kPoolB = kPublic + 1;
+    const NatMapping a = snat(kClient1, kPoolA);
+    const NatMapping b = snat(kClient2, kPoolB);
+    Flow f1{kClient1, 40000};
+    Flow f2{kClient2, 40000};
+    map(f1, a);
+    map(f2, b);
+    open(f1);
+    const std::uint16_t p1 = call(f1, 7, 300);
+    open(f2);
+    const std::uint16_t p2 = call(f2, 7, 300);
+    EXPECT_EQ(nat.lookups, 2);  // once a connection, at its first data
+    // Unique per (public address, outside peer): both keep Call ID 7.
+    EXPECT_EQ(p1, 7);
+    EXPECT_EQ(p2, 7);
+    Bytes p;
+    ASSERT_TRUE(gre_in(kServer, kPoolB, 7, &p).accept);
+    EXPECT_EQ(get32(p, 16), kClient2);
+    ASSERT_TRUE(gre_in(kServer, kPoolA, 7, &p).accept);
+    EXPECT_EQ(get32(p, 16), kClient1);
+    ASSERT_TRUE(gre_out(kClient2, kServer, 300, &p).accept);
+    EXPECT_EQ(get32(p, 12), kPoolB);
+    ASSERT_TRUE(gre_out(kClient1, kServer, 300, &p).accept);
+    EXPECT_EQ(get32(p, 12), kPoolA);
+}
+
+TEST_F(LearnedNatTest, APortForwardedServerUsesTheAddressItsClientsDialled) {
+    // The outside client opened it to kPublic:1723, DNATed to the inside server.
+    const NatMapping forward{kServer, kPublic, kClient1, kServer};
+    EXPECT_EQ(public_address_for(forward, kServer), kPublic);
+    EXPECT_EQ(public_address_for(snat(kClient1, kPublic + 1), kServer), kPublic + 1);
+    EXPECT_EQ(public_address_for(snat(kClient1, kPublic), kServer + 9), 0u);  // not this peer's
+}
+
+TEST_F(LearnedNatTest, ACallWhosePublicAddressIsUnknownIsRefused) {
+    Flow f{kClient1, 40000};
+    open(f);  // conntrack has no entry for it
+    Verdict v;
+    out(f, ocrq(7), &v);
+    EXPECT_TRUE(v.accept);
+    EXPECT_EQ(v.length, 40u);  // turned into an RST: nothing half translated leaves
+    EXPECT_EQ(counters.get(DropReason::control_nat_unknown), 1u);
+    EXPECT_EQ(table->call_count(), 0u);
 }
 
 }  // namespace

@@ -1,0 +1,65 @@
+// Lookups in the kernel's conntrack table over ctnetlink
+// (libnetfilter_conntrack): how the kernel's NAT mapped a TCP connection.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+
+struct nfct_handle;
+struct nf_conntrack;
+
+namespace nfq {
+
+class ConntrackError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// Both tuples of a conntrack entry, host byte order.
+struct ConntrackTuples {
+    std::uint32_t original_source = 0;
+    std::uint32_t original_destination = 0;
+    std::uint32_t reply_source = 0;
+    std::uint32_t reply_destination = 0;
+};
+
+class ConntrackTable {
+public:
+    // Opens the ctnetlink socket (the kernel loads ctnetlink on demand).
+    // Throws ConntrackError.
+    ConntrackTable();
+    ~ConntrackTable();
+    ConntrackTable(const ConntrackTable&) = delete;
+    ConntrackTable& operator=(const ConntrackTable&) = delete;
+
+    // The entry of the TCP connection between `source:source_port` (the
+    // inside peer, after any DNAT and before SNAT, as FORWARD sees it) and
+    // `destination:destination_port`: the entry whose original tuple is
+    // that (the inside peer opened it), or whose reply tuple is (the
+    // outside peer opened it through a port forward).
+    // nullopt when there is none.
+    [[nodiscard]] std::optional<ConntrackTuples> find_tcp(std::uint32_t source, std::uint16_t source_port,
+                                                          std::uint32_t destination, std::uint16_t destination_port);
+    [[nodiscard]] std::uint64_t lookups() const noexcept { return lookups_; }
+    [[nodiscard]] std::uint64_t failures() const noexcept { return failures_; }
+    // errno of the last lookup that failed other than "no such entry"; 0 if none.
+    [[nodiscard]] int last_error() const noexcept { return last_error_; }
+
+private:
+    struct Deleter {
+        void operator()(nf_conntrack* ct) const noexcept;
+    };
+    bool query(bool by_reply, std::uint32_t source, std::uint16_t source_port, std::uint32_t destination,
+               std::uint16_t destination_port, ConntrackTuples& out);
+
+    nfct_handle* handle_ = nullptr;
+    std::unique_ptr<nf_conntrack, Deleter> query_;
+    std::unique_ptr<nf_conntrack, Deleter> blank_;
+    std::uint64_t lookups_ = 0;
+    std::uint64_t failures_ = 0;
+    int last_error_ = 0;
+};
+
+}  // namespace nfq
