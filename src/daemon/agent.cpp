@@ -173,7 +173,7 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
                             [this] { return fixup_ports(); }, [this] { return offload_stats(); },
                             [this] {
                                 if (offload_) {
-                                    offload_->poll(*table_);
+                                    offload_->refresh(*table_);
                                 }
                             }});
     control_ = std::make_unique<control::Server>(options_.control_socket, [this](const nlohmann::json& request) {
@@ -290,6 +290,14 @@ void Agent::start_offload() {
         nft_.reset();
         offload_unavailable(e.what());
     }
+}
+
+std::uint64_t Agent::offload_poll_seconds() const {
+    // Often enough that a call in use is never taken for idle.
+    const nat::TableConfig& c = table_->config();
+    const auto shortest = std::min(c.call_idle_timeout.count(), c.call_unreplied_timeout.count()) / 3;
+    return static_cast<std::uint64_t>(
+        std::max<long long>(1, std::min<long long>(options_.offload_poll_seconds, shortest)));
 }
 
 nlohmann::json Agent::offload_stats() const {
@@ -523,7 +531,8 @@ int Agent::run() {
         fds.assign({{queue_->fd(), POLLIN, 0},
                     {signal_fd_, POLLIN, 0},
                     {timer_fd_, POLLIN, 0},
-                    {link_watcher_ ? link_watcher_->fd() : -1, POLLIN, 0}});
+                    {link_watcher_ ? link_watcher_->fd() : -1, POLLIN, 0},
+                    {offload_ ? offload_->ready_fd() : -1, POLLIN, 0}});
         control_->add_poll_fds(fds);
         if (poll(fds.data(), fds.size(), -1) < 0) {
             if (errno == EINTR) {
@@ -547,8 +556,8 @@ int Agent::run() {
             queue_->flush_verdicts();
             if (++ticks_ % 10 == 0) {  // once a second
                 handler_->set_gateway_gre(nfq::gre_socket_open());
-                if (offload_ && ticks_ % (10ULL * options_.offload_poll_seconds) == 0) {
-                    offload_->poll(*table_);  // before expiry: kernel traffic counts as activity
+                if (offload_ && ticks_ % (10ULL * offload_poll_seconds()) == 0) {
+                    offload_->start_poll(*table_);  // kernel traffic counts as activity once read
                 }
                 table_->expire();
                 if (ticks_ % 50 == 0) {
@@ -564,7 +573,10 @@ int Agent::run() {
         if ((fds[3].revents & POLLIN) != 0) {
             follow_link_changes();
         }
-        control_->handle(fds, 4);
+        if ((fds[4].revents & POLLIN) != 0) {
+            offload_->collect(*table_);
+        }
+        control_->handle(fds, 5);
         if ((fds[1].revents & POLLIN) != 0) {
             signalfd_siginfo info{};
             while (read(signal_fd_, &info, sizeof(info)) == static_cast<ssize_t>(sizeof(info))) {

@@ -83,6 +83,7 @@ private:
     void offload_unavailable(const std::string& why);
     [[nodiscard]] offload::OffloadConfig offload_config() const;
     [[nodiscard]] nlohmann::json offload_stats() const;
+    [[nodiscard]] std::uint64_t offload_poll_seconds() const;
 
     daemon_options::Options options_;
     std::vector<std::string> argv_;

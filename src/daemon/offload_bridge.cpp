@@ -1,5 +1,8 @@
 #include "daemon/offload_bridge.hpp"
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -91,6 +94,7 @@ bool GreOffloadBridge::offload(const nat::Call& call) {
         return false;
     }
     ++installed_;
+    ++live_;
     return true;
 }
 
@@ -125,6 +129,7 @@ void GreOffloadBridge::withdraw(nat::Call& call) {
         return;
     }
     ++withdrawn_;
+    live_ -= live_ > 0 ? 1 : 0;
 }
 
 std::size_t GreOffloadBridge::adopt_and_install(nat::CallTable& table) {
@@ -153,33 +158,146 @@ std::size_t GreOffloadBridge::adopt_and_install(nat::CallTable& table) {
         throw;
     }
     installed_ += keep.size();
+    live_ += keep.size();
     return keep.size();
+}
+
+GreOffloadBridge::GreOffloadBridge(offload::NftOffload& nft)
+    : nft_(nft), reader_(std::make_unique<offload::NftOffload>(nft.config())) {
+    ready_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (ready_fd_ < 0) {
+        throw offload::OffloadError(std::string("offload: eventfd: ") + std::strerror(errno));
+    }
+    reader_thread_ = std::thread([this] { reader_loop(); });
+}
+
+GreOffloadBridge::~GreOffloadBridge() {
+    {
+        const std::lock_guard<std::mutex> lock(mutex_);
+        stopping_ = true;
+    }
+    wake_.notify_one();
+    reader_thread_.join();
+    close(ready_fd_);
+}
+
+void GreOffloadBridge::reader_loop() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+        wake_.wait(lock, [this] { return stopping_ || requested_; });
+        if (stopping_) {
+            return;
+        }
+        requested_ = false;
+        lock.unlock();
+        std::optional<offload::CounterSnapshot> snapshot;
+        std::string error;
+        try {
+            snapshot = reader_->read_counters();
+        } catch (const offload::OffloadError& e) {
+            error = e.what();
+        }
+        lock.lock();
+        result_ = std::move(snapshot);
+        result_error_ = std::move(error);
+        const std::uint64_t one = 1;
+        [[maybe_unused]] const auto n = write(ready_fd_, &one, sizeof(one));
+    }
+}
+
+void GreOffloadBridge::start_poll(const nat::CallTable& table) {
+    if (busy_) {
+        return;
+    }
+    busy_ = true;
+    {
+        const std::lock_guard<std::mutex> lock(mutex_);
+        requested_ = true;
+        requested_serial_ = table.offload_serial();
+    }
+    wake_.notify_one();
+}
+
+void GreOffloadBridge::collect(nat::CallTable& table) {
+    std::uint64_t value = 0;
+    if (read(ready_fd_, &value, sizeof(value)) != static_cast<ssize_t>(sizeof(value))) {
+        return;
+    }
+    std::optional<offload::CounterSnapshot> snapshot;
+    std::string error;
+    std::uint64_t serial = 0;
+    {
+        const std::lock_guard<std::mutex> lock(mutex_);
+        snapshot = std::move(result_);
+        result_.reset();
+        error = std::move(result_error_);
+        serial = requested_serial_;
+    }
+    busy_ = false;
+    ++polls_;
+    if (!snapshot) {
+        ++poll_failures_;
+        log_failure(failure_limiter_, 3, "reading the offload counters failed: " + error);
+        return;
+    }
+    apply(table, *snapshot, serial);
 }
 
 void GreOffloadBridge::poll(nat::CallTable& table) {
     ++polls_;
-    std::vector<offload::CallRecord> stale;
     try {
-        nft_.read_counters([&](const offload::CallRecord& record, const offload::ElementCounters& in,
-                               const offload::ElementCounters& out) {
-            nat::Call* call = table.find_inbound(record.outside_address, record.public_address, record.public_call_id);
-            if (call == nullptr || !call->offloaded || call->public_address != record.public_address ||
-                call->inside_address != record.inside_address || call->inside_call_id != record.inside_call_id ||
-                call->outside_call_id != record.outside_call_id) {
-                stale.push_back(record);
-                return;
-            }
-            apply(*call, in, out, table.now());
-        });
+        apply(table, nft_.read_counters(), table.offload_serial());
     } catch (const offload::OffloadError& e) {
         ++poll_failures_;
         log_failure(failure_limiter_, 3, std::string("reading the offload counters failed: ") + e.what());
-        return;
     }
-    for (const offload::CallRecord& record : stale) {
-        if (nft_.remove(record) == 0) {
-            ++stale_removed_;
+}
+
+void GreOffloadBridge::refresh(nat::CallTable& table) {
+    if (live_ <= kSynchronousAuditCalls) {
+        poll(table);
+    } else {
+        start_poll(table);
+    }
+}
+
+void GreOffloadBridge::apply(nat::CallTable& table, const offload::CounterSnapshot& snapshot,
+                             std::uint64_t serial_limit) {
+    // Only calls offloaded before the reading began: an element of the same
+    // key read earlier may have been another call's.
+    auto current = [serial_limit](nat::Call* call) {
+        return call != nullptr && call->offloaded && call->offload_serial <= serial_limit;
+    };
+    const nat::Instant now = table.now();
+    for (const offload::KeyedCounters& in : snapshot.inbound) {
+        nat::Call* call = table.find_inbound(in.first, in.second, in.call_id);
+        if (!current(call)) {
+            if (call == nullptr && nft_.remove_inbound(in.first, in.second, in.call_id) == 0) {
+                ++stale_removed_;  // of no live call: a removal that failed once
+            }
+            continue;
         }
+        const std::uint64_t packets = call->offload_base.packets_in + in.counters.packets;
+        if (packets != call->packets_in) {
+            call->last_activity = now;
+        }
+        call->packets_in = packets;
+        call->bytes_in = call->offload_base.bytes_in + gre_bytes(in.counters);
+    }
+    for (const offload::KeyedCounters& out : snapshot.outbound) {
+        nat::Call* call = table.find_outbound(out.first, out.second, out.call_id);
+        if (!current(call)) {
+            if (call == nullptr && nft_.remove_outbound(out.first, out.second, out.call_id) == 0) {
+                ++stale_removed_;
+            }
+            continue;
+        }
+        const std::uint64_t packets = call->offload_base.packets_out + out.counters.packets;
+        if (packets != call->packets_out) {
+            call->last_activity = now;
+        }
+        call->packets_out = packets;
+        call->bytes_out = call->offload_base.bytes_out + gre_bytes(out.counters);
     }
 }
 

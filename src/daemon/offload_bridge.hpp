@@ -3,8 +3,13 @@
 // calls an earlier run left in the kernel are adopted at start.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -16,7 +21,12 @@ namespace agent {
 
 class GreOffloadBridge final : public nat::CallOffload {
 public:
-    explicit GreOffloadBridge(offload::NftOffload& nft) : nft_(nft) {}
+    // Starts the counter reader (a thread with a netlink socket of its own:
+    // a dump of many calls takes long, and the packet loop must not wait).
+    explicit GreOffloadBridge(offload::NftOffload& nft);
+    ~GreOffloadBridge() override;
+    GreOffloadBridge(const GreOffloadBridge&) = delete;
+    GreOffloadBridge& operator=(const GreOffloadBridge&) = delete;
 
     bool offload(const nat::Call& call) override;
     void withdraw(nat::Call& call) override;
@@ -26,8 +36,16 @@ public:
     // offload::OffloadError when the table cannot be built.
     std::size_t adopt_and_install(nat::CallTable& table);
     // Reads the kernel's counters into the offloaded calls (an element that
-    // moved counts as activity) and removes elements of no live call.
+    // moved counts as activity) and removes elements of no live call, now.
     void poll(nat::CallTable& table);
+    // The same in the background: the reader thread dumps the maps, and
+    // collect() applies the result once ready_fd() is readable.
+    void start_poll(const nat::CallTable& table);
+    [[nodiscard]] int ready_fd() const noexcept { return ready_fd_; }
+    void collect(nat::CallTable& table);
+    // Before an audit answer: at once with few calls, else from the last
+    // background reading (and a new one is started).
+    void refresh(nat::CallTable& table);
     // The call's counters from its elements.
     static void apply(nat::Call& call, const offload::ElementCounters& in, const offload::ElementCounters& out,
                       nat::Instant now);
@@ -35,7 +53,23 @@ public:
     [[nodiscard]] nlohmann::json stats() const;
 
 private:
+    static constexpr std::uint64_t kSynchronousAuditCalls = 4096;
+    void apply(nat::CallTable& table, const offload::CounterSnapshot& snapshot, std::uint64_t serial_limit);
+    void reader_loop();
+
     offload::NftOffload& nft_;
+    std::unique_ptr<offload::NftOffload> reader_;
+    std::thread reader_thread_;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    bool stopping_ = false;
+    bool requested_ = false;
+    bool busy_ = false;  // a reading is asked for or under way (main thread's view)
+    std::uint64_t requested_serial_ = 0;
+    std::optional<offload::CounterSnapshot> result_;
+    std::string result_error_;
+    int ready_fd_ = -1;
+    std::uint64_t live_ = 0;  // calls offloaded now
     std::uint64_t installed_ = 0;
     std::uint64_t install_failures_ = 0;
     std::uint64_t withdrawn_ = 0;

@@ -358,6 +358,7 @@ void CallTable::mark_established(Call& call) {
         find_outbound(call.inside_address, call.outside_address, call.outside_call_id) == &call) {
         call.offload_base = {call.packets_in, call.bytes_in, call.packets_out, call.bytes_out};
         call.offloaded = offload_->offload(call);
+        call.offload_serial = ++offload_serial_;
         counters_.add(call.offloaded ? EventCounter::calls_offloaded : EventCounter::calls_offload_failed);
     }
     if (observer_ != nullptr) {
@@ -398,6 +399,7 @@ Call* CallTable::adopt_call(const AdoptedCall& adopted) {
     set_inside_id(call, adopted.inside_call_id);
     call.state = CallState::Established;
     call.offloaded = true;
+    call.offload_serial = ++offload_serial_;
     call.offload_base = adopted.base;
     call.packets_in = adopted.base.packets_in + adopted.offload.packets_in;
     call.bytes_in = adopted.base.bytes_in + adopted.offload.bytes_in;

@@ -195,6 +195,9 @@ struct Call {
     // are then `offload_base` (what the queue path counted before) plus the
     // kernel's, read now and then.
     bool offloaded = false;
+    // Rises with every call offloaded: a reading of the kernel's counters
+    // that began before this call was offloaded cannot be this call's.
+    std::uint64_t offload_serial = 0;
     struct Traffic {
         std::uint64_t packets_in = 0;
         std::uint64_t bytes_in = 0;
@@ -262,6 +265,7 @@ public:
     // Established calls go to `offload` from now on (nullptr: none). Set to
     // nullptr before clear_all() to leave offloaded calls where they are.
     void set_offload(CallOffload* offload) noexcept { offload_ = offload; }
+    [[nodiscard]] std::uint64_t offload_serial() const noexcept { return offload_serial_; }
     // Takes in a call an earlier run left offloaded, with its control
     // connection (made if missing, Established, picked up at its next
     // message). nullptr when it conflicts with a call already here or a
@@ -365,6 +369,7 @@ private:
     Counters& counters_;
     TableObserver* observer_;
     CallOffload* offload_ = nullptr;
+    std::uint64_t offload_serial_ = 0;
     std::uint64_t next_call_serial_ = 1;
     std::uint64_t next_connection_serial_ = 1;
     std::unordered_map<ConnectionKey, ControlConnection, ConnectionKeyHash> connections_;

@@ -258,8 +258,10 @@ struct CallMaps {
         put16(inside_id.data(), r.inside_call_id);
         put32(public_address.data(), r.public_address);
         const auto record = encode_record(r);
-        add_element(address.get(), inbound_key(r), inside.data(), 4);
-        add_element(call_id.get(), inbound_key(r), inside_id.data(), 2, &record);
+        // The record rides on in_addr, which the periodic counter reads do
+        // not dump: they stay small.
+        add_element(address.get(), inbound_key(r), inside.data(), 4, &record);
+        add_element(call_id.get(), inbound_key(r), inside_id.data(), 2);
         add_element(source.get(), outbound_key(r), public_address.data(), 4);
     }
     void remove(const CallRecord& r) {
@@ -553,10 +555,9 @@ std::vector<OffloadedCall> NftOffload::existing_calls() {
     if (!table_exists()) {
         return calls;
     }
-    std::map<Key, std::size_t> by_inbound;
-    std::map<Key, std::uint32_t> inside_address;
+    std::map<Key, std::pair<std::uint16_t, ElementCounters>> inside_id;
     std::map<Key, std::pair<std::uint32_t, ElementCounters>> outbound;
-    dump_elements(kInKey, [&](const void* p) {
+    dump_elements(kInAddr, [&](const void* p) {
         auto* e = static_cast<nftnl_set_elem*>(const_cast<void*>(p));
         std::uint32_t length = 0;
         const auto* data = static_cast<const std::uint8_t*>(nftnl_set_elem_get(e, NFTNL_SET_ELEM_USERDATA, &length));
@@ -565,19 +566,18 @@ std::vector<OffloadedCall> NftOffload::existing_calls() {
         std::uint32_t value_length = 0;
         const auto* value = static_cast<const std::uint8_t*>(nftnl_set_elem_get(e, NFTNL_SET_ELEM_DATA, &value_length));
         if (!key_of(e, key) || !decode_record(data, length, record) || key != inbound_key(record) || value == nullptr ||
-            value_length != 2 || get16(value) != record.inside_call_id) {
+            value_length != 4 || get32(value) != record.inside_address) {
             return;
         }
-        by_inbound[key] = calls.size();
-        calls.push_back(OffloadedCall{record, counters_of(e), {}});
+        calls.push_back(OffloadedCall{record, {}, {}});
     });
-    dump_elements(kInAddr, [&](const void* p) {
+    dump_elements(kInKey, [&](const void* p) {
         auto* e = static_cast<nftnl_set_elem*>(const_cast<void*>(p));
         Key key{};
         std::uint32_t length = 0;
         const auto* value = static_cast<const std::uint8_t*>(nftnl_set_elem_get(e, NFTNL_SET_ELEM_DATA, &length));
-        if (key_of(e, key) && value != nullptr && length == 4) {
-            inside_address[key] = get32(value);
+        if (key_of(e, key) && value != nullptr && length == 2) {
+            inside_id[key] = std::make_pair(get16(value), counters_of(e));
         }
     });
     dump_elements(kOutSource, [&](const void* p) {
@@ -592,10 +592,11 @@ std::vector<OffloadedCall> NftOffload::existing_calls() {
     // A call counts only when its three elements agree with its record.
     std::vector<OffloadedCall> whole;
     for (OffloadedCall& call : calls) {
-        const auto in = inside_address.find(inbound_key(call.record));
+        const auto in = inside_id.find(inbound_key(call.record));
         const auto out = outbound.find(outbound_key(call.record));
-        if (in != inside_address.end() && in->second == call.record.inside_address && out != outbound.end() &&
+        if (in != inside_id.end() && in->second.first == call.record.inside_call_id && out != outbound.end() &&
             out->second.first == call.record.public_address) {
+            call.in = in->second.second;
             call.out = out->second.second;
             whole.push_back(call);
         }
@@ -750,27 +751,43 @@ int NftOffload::remove(const CallRecord& r) {
     return commit(batch);
 }
 
-void NftOffload::read_counters(
-    const std::function<void(const CallRecord&, const ElementCounters&, const ElementCounters&)>& each) {
-    std::map<Key, ElementCounters> outbound;
-    dump_elements(kOutSource, [&](const void* p) {
-        auto* e = static_cast<nftnl_set_elem*>(const_cast<void*>(p));
-        Key key{};
-        if (key_of(e, key)) {
-            outbound[key] = counters_of(e);
-        }
-    });
-    dump_elements(kInKey, [&](const void* p) {
-        auto* e = static_cast<nftnl_set_elem*>(const_cast<void*>(p));
-        std::uint32_t length = 0;
-        const auto* data = static_cast<const std::uint8_t*>(nftnl_set_elem_get(e, NFTNL_SET_ELEM_USERDATA, &length));
-        CallRecord record;
-        if (!decode_record(data, length, record)) {
-            return;
-        }
-        const auto out = outbound.find(outbound_key(record));
-        each(record, counters_of(e), out == outbound.end() ? ElementCounters{} : out->second);
-    });
+CounterSnapshot NftOffload::read_counters() {
+    CounterSnapshot snapshot;
+    auto collect = [](std::vector<KeyedCounters>& into) {
+        return [&into](const void* p) {
+            auto* e = static_cast<nftnl_set_elem*>(const_cast<void*>(p));
+            Key key{};
+            if (key_of(e, key)) {
+                into.push_back(
+                    KeyedCounters{get32(key.data()), get32(key.data() + 4), get16(key.data() + 8), counters_of(e)});
+            }
+        };
+    };
+    dump_elements(kInKey, collect(snapshot.inbound));
+    dump_elements(kOutSource, collect(snapshot.outbound));
+    return snapshot;
+}
+
+int NftOffload::remove_inbound(std::uint32_t outside, std::uint32_t public_address, std::uint16_t public_id) {
+    Batch batch;
+    CallMaps maps(config_.table);
+    const Key key = make_key(outside, public_address, public_id);
+    add_element(maps.address.get(), key, nullptr, 0);
+    add_element(maps.call_id.get(), key, nullptr, 0);
+    for (nftnl_set* s : {maps.address.get(), maps.call_id.get()}) {
+        append(batch, NFT_MSG_DELSETELEM, 0, ++sequence_, 1024,
+               [&](nlmsghdr* nlh) { nftnl_set_elems_nlmsg_build_payload(nlh, s); });
+    }
+    return commit(batch);
+}
+
+int NftOffload::remove_outbound(std::uint32_t inside, std::uint32_t outside, std::uint16_t outside_id) {
+    Batch batch;
+    CallMaps maps(config_.table);
+    add_element(maps.source.get(), make_key(inside, outside, outside_id), nullptr, 0);
+    append(batch, NFT_MSG_DELSETELEM, 0, ++sequence_, 1024,
+           [&](nlmsghdr* nlh) { nftnl_set_elems_nlmsg_build_payload(nlh, maps.source.get()); });
+    return commit(batch);
 }
 
 int NftOffload::read_call(const CallRecord& record, ElementCounters& in, ElementCounters& out) {

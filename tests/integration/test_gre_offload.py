@@ -275,7 +275,7 @@ class GreOffload(unittest.TestCase):
         for key, s in want_in.items():
             self.assertEqual(k["in_key"][key]["value"], s["inside_call_id"], what)
             self.assertEqual(k["in_addr"][key]["value"], s["inside_address"], what)
-            self.assertGreater(k["in_key"][key]["userdata"], 0, "%s: in_key without its record" % what)
+            self.assertGreater(k["in_addr"][key]["userdata"], 0, "%s: in_addr without its record" % what)
         for key in want_out:
             self.assertEqual(k["out_source"][key]["value"], PUBLIC, what)
         return k

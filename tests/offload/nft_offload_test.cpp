@@ -182,12 +182,11 @@ protected:
     }
     static std::uint64_t inbound_packets(NftOffload& nft, std::uint16_t public_id) {
         std::uint64_t packets = 0;
-        nft.read_counters(
-            [&](const CallRecord& r, const offload::ElementCounters& in, const offload::ElementCounters&) {
-                if (r.public_call_id == public_id) {
-                    packets = in.packets;
-                }
-            });
+        for (const auto& in : nft.read_counters().inbound) {
+            if (in.first == kOutside && in.second == kPublic && in.call_id == public_id) {
+                packets = in.counters.packets;
+            }
+        }
         return packets;
     }
 };

@@ -210,11 +210,13 @@ int main(int argc, char** argv) {
         const double t_poll = now_s() - t;
         std::uint64_t elements = 0, packets = 0;
         t = now_s();
-        nft.read_counters(
-            [&](const offload::CallRecord&, const offload::ElementCounters& in, const offload::ElementCounters& out) {
-                ++elements;
-                packets += in.packets + out.packets;
-            });
+        const offload::CounterSnapshot snapshot = nft.read_counters();
+        elements = snapshot.inbound.size();
+        for (const auto& side : {snapshot.inbound, snapshot.outbound}) {
+            for (const auto& e : side) {
+                packets += e.counters.packets;
+            }
+        }
         const double t_dump = now_s() - t;
 
         // Step 4: a restart's adoption (dump, table rebuilt, calls taken in).
