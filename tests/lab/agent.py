@@ -67,9 +67,13 @@ class Agent:
     # Random public Call IDs by default in the lab, so that every test with
     # real clients (whose own random Call IDs would be free, public = inside)
     # exercises the rewrite both ways; the daemon's own default is preserve.
+    # outside: the uplinks (default: the lab's ``outside_ifs`` if it has
+    # them, as a lab.topology does, else its one ``outside_if``); each is an
+    # --outside of the daemon, and pptp-fixup-rules gets them as a comma list.
     def __init__(self, lab, queue=QUEUE, ports=(1723,), extra_args=(), config=None,
-                 call_id_allocation="random", env=None, gre_offload=None):
+                 call_id_allocation="random", env=None, gre_offload=None, outside=None):
         self.lab = lab
+        self.outside = list(outside or getattr(lab, "outside_ifs", None) or [lab.outside_if])
         # nft (the kernel offload, which must work here) unless the run asks
         # for the queue-only path: ctest runs the suite both ways.
         self.gre_offload = gre_offload or os.environ.get("PPTP_FIXUP_TEST_GRE_OFFLOAD", "nft")
@@ -95,7 +99,7 @@ class Agent:
         return os.path.join(self.tools_dir, "pptp-fixup-rules")
 
     def install_rules(self):
-        self.lab.router_exec([RULES_TOOL, "install", "--outside", self.lab.outside_if,
+        self.lab.router_exec([RULES_TOOL, "install", "--outside", ",".join(self.outside),
                               "--queue", str(self.queue),
                               "--ports", ",".join(str(p) for p in self.ports),
                               "--rules", RULES_FILE])
@@ -107,8 +111,10 @@ class Agent:
 
     def start(self, wait=10.0):
         self.log = open(self.log_path, "ab")
-        argv = [os.path.join(bin_dir(), "pptp-fixupd"), "--queue", str(self.queue),
-                "--outside", self.lab.outside_if, "--control-socket", self.socket]
+        argv = [os.path.join(bin_dir(), "pptp-fixupd"), "--queue", str(self.queue)]
+        for outside in self.outside:
+            argv += ["--outside", outside]
+        argv += ["--control-socket", self.socket]
         if self.config is not None:
             # Ports come from the config file then, so a reload can change them.
             self.write_config(self.config)

@@ -489,14 +489,19 @@ class Lab:
         is capturing.  --immediate-mode and -U: without them libpcap holds
         packets up to 1 s and loses the last ones on SIGTERM.  -Z root: the
         lab's temp dir is 0700 root.  Read it with ``read_pcap``.  Stopped
-        with the lab or ``stop_process``."""
+        with the lab or ``stop_process``.  ``iface="any"`` captures every
+        interface (as Linux cooked v1, which ``lab.pcap`` reads)."""
         if path is None:
             path = os.path.join(self.tmpdir, "%s-%s.pcap" % (role, iface))
+        options = ["-y", "LINUX_SLL"] if iface == "any" else []
         p = self.spawn(role, ["tcpdump", "-i", iface, "-n", "-Z", "root",
-                              "-U", "--immediate-mode", "-w", path]
+                              "-U", "--immediate-mode"] + options + ["-w", path]
                        + list(bpf), stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + wait
         line = read_line(p.stderr, wait)  # "listening on ..." once capturing
+        while options and line.startswith(b"tcpdump: data link type"):
+            line = read_line(p.stderr, max(0.0, deadline - time.monotonic()))
         if b"listening" not in line:
             self.stop_process(p)
             raise LabError("tcpdump in %s did not start: %r" % (role, line))

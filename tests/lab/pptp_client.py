@@ -9,6 +9,10 @@ Each client runs under a private tmpfs on /var/run/pptp (its call manager's
 Unix socket is named ``/var/run/pptp/<localbind>:<server>``, a path shared by
 all network namespaces), always with ``--localbind <client addr>
 --nohostroute --nolaunchpppd``.
+
+By default client I runs in namespace "clientI" with ``netns.client_addr(I)``
+(or the lab's ``host_addr(role)``, as in ``lab.topology``); ``role`` and
+``localbind`` put it anywhere else (an outside host, the router itself).
 """
 
 import os
@@ -37,6 +41,7 @@ class ClientResult:
         self.first_frame_from_server = False
         self.first_frame_delay = None   # seconds from start() to LCP frame
         self.other_frames = 0           # frames from the server not ours
+        self.foreign_frames = 0         # echoed test payloads we never sent
         self.bad_fcs = 0
         self.returncode = None
         self.exited_early = False        # pptp gone before stop()
@@ -65,10 +70,16 @@ class RealClient:
     """
 
     def __init__(self, lab, index, server=netns.SERVER_ADDR, extra_args=(),
-                 loglevel=1):
+                 loglevel=1, role=None, localbind=None):
         self.lab = lab
         self.index = index
         self.server = server
+        self.role = role or "client%d" % index
+        if localbind is None:
+            host_addr = getattr(lab, "host_addr", None)
+            localbind = host_addr(self.role) if host_addr else \
+                netns.client_addr(index)
+        self.localbind = localbind
         self.extra_args = list(extra_args)
         self.loglevel = loglevel
         self.result = ClientResult(index)
@@ -78,19 +89,19 @@ class RealClient:
         self._sock = None
         self._cond = threading.Condition()
         self._echoed = set()       # payload keys seen back
+        self._sent = set()         # payload keys sent
         self._reader = None
         self.eof = False           # pptp closed its end (it exited)
         self._seq = 0
         self._t0 = None
-        self._errpath = os.path.join(lab.tmpdir, "pptp-c%d-%s.err" %
-                                     (index, self.tag))
+        self._errpath = os.path.join(lab.tmpdir, "pptp-%s-%d-%s.err" %
+                                     (self.role, index, self.tag))
 
     # ---- lifecycle
     def start(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = ours
-        laddr = netns.client_addr(self.index)
-        pptp = ["pptp", self.server, "--localbind", laddr, "--nohostroute",
+        pptp = ["pptp", self.server, "--localbind", self.localbind, "--nohostroute",
                 "--nolaunchpppd", "--loglevel", str(self.loglevel)] + \
             self.extra_args
         script = ("mount -t tmpfs -o size=1m,mode=0755 pflab %s && exec %s"
@@ -99,7 +110,7 @@ class RealClient:
         self._err = open(self._errpath, "w+b")
         self._t0 = time.monotonic()
         self.proc = self.lab.spawn(
-            "client%d" % self.index,
+            self.role,
             ["unshare", "--mount", "sh", "-c", script],
             stdin=theirs, stdout=theirs, stderr=self._err)
         theirs.close()
@@ -153,6 +164,7 @@ class RealClient:
             key = ("PFLAB:%s:c%d:%d:" % (self.tag, self.index, self._seq)
                    ).encode() + bytes(range(0x18, 0x28))  # needs escaping too
             keys.append(key)
+            self._sent.add(key)
             try:
                 self._sock.sendall(hdlc_encode(ppp_frame(PROTO_IP, key)))
             except OSError:
@@ -167,6 +179,7 @@ class RealClient:
                 max(0.0, deadline - time.monotonic()))
             got = sum(1 for k in keys if k in self._echoed)
             self.result.frames_echoed = len(self._echoed)
+            self.result.foreign_frames = len(self._echoed - self._sent)
         return got
 
     def stop(self, timeout=5.0):
@@ -226,7 +239,8 @@ class RealClient:
 
 
 def run_real_client(lab, client_index, server=netns.SERVER_ADDR, frames=5,
-                    timeout=8.0, connect_timeout=None, extra_args=()):
+                    timeout=8.0, connect_timeout=None, extra_args=(),
+                    role=None, localbind=None):
     """Start one real client, wait for the server's frame, exchange
     ``frames`` frames, stop it.  Returns a ClientResult.
 
@@ -235,7 +249,8 @@ def run_real_client(lab, client_index, server=netns.SERVER_ADDR, frames=5,
     """
     if connect_timeout is None:
         connect_timeout = timeout / 2
-    c = RealClient(lab, client_index, server=server, extra_args=extra_args)
+    c = RealClient(lab, client_index, server=server, extra_args=extra_args,
+                   role=role, localbind=localbind)
     c.start()
     try:
         c.wait_server_frame(connect_timeout)

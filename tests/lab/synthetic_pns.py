@@ -478,17 +478,22 @@ class HeldCall:
     ``finish`` the final result as ``collect_synthetic`` does."""
 
     def __init__(self, lab, client_index, call_id=7, frames=3, extra=(),
-                 timeout=20.0):
+                 timeout=20.0, server=None, role=None, bind=None):
         import subprocess
         from lab import netns
         self.lab = lab
         self.index = client_index
         self.timeout = timeout
+        # role/bind/server: elsewhere than client I of a netns.Lab (e.g. in
+        # a lab.topology); bind defaults to the lab's host_addr(role).
+        role = role or "client%d" % client_index
+        if bind is None:
+            bind = lab.host_addr(role) if hasattr(lab, "host_addr") else \
+                netns.client_addr(client_index)
         env = dict(os.environ, PYTHONPATH=netns.TESTS_DIR)
-        argv = synthetic_argv(netns.SERVER_ADDR, call_id, frames,
-                              ["--bind", netns.client_addr(client_index),
-                               "--interactive"] + list(extra))
-        self.proc = lab.spawn("client%d" % client_index, argv, env=env,
+        argv = synthetic_argv(server or netns.SERVER_ADDR, call_id, frames,
+                              ["--bind", bind, "--interactive"] + list(extra))
+        self.proc = lab.spawn(role, argv, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               stdin=subprocess.PIPE, text=True)
         self.result = None
