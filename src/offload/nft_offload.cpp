@@ -673,7 +673,9 @@ void NftOffload::install(const std::vector<CallRecord>& keep) {
     };
     // Only the offload rule below sets the bit: a packet that arrives with it
     // set must not skip the queue.
-    for (const char* chain : {"inbound", "outbound", "outbound_done"}) {
+    // Outbound GRE had the bit cleared in prerouting (here, and by the rule
+    // set's raw rule): the outbound chain needs no clear of its own.
+    for (const char* chain : {"inbound", "outbound_done"}) {
         RuleBuilder clear(table, chain);
         clear.gre_only().mark_bit(config_.mark, false);
         add_rule(clear);
@@ -681,8 +683,10 @@ void NftOffload::install(const std::vector<CallRecord>& keep) {
     // One rule per outside interface and way.
     for (const std::string& outside : config_.outside_interfaces) {
         RuleBuilder in(table, "inbound");
-        in.interface(NFT_META_IIFNAME, outside)
-            .pptp_gre()
+        // The protocol first: every other packet of the box leaves here at
+        // once.
+        in.pptp_gre()
+            .interface(NFT_META_IIFNAME, outside)
             .gre_key()
             .lookup(kInAddr, 1, kRegKey, kRegAddress)
             .lookup(kInKey, 2, kRegKey, kRegCallId)
@@ -691,8 +695,8 @@ void NftOffload::install(const std::vector<CallRecord>& keep) {
             .mark_bit(config_.mark, true);
         add_rule(in);
         RuleBuilder out(table, "outbound");
-        out.interface(NFT_META_OIFNAME, outside)
-            .pptp_gre()
+        out.pptp_gre()
+            .interface(NFT_META_OIFNAME, outside)
             .gre_key()
             .lookup(kOutSource, 3, kRegKey, kRegAddress)
             .write(NFT_PAYLOAD_NETWORK_HEADER, 12, 4, kRegAddress, true)

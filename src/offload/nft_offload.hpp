@@ -16,8 +16,9 @@
 //                  out_source gets its source rewritten and the mark bit set
 //   chain outbound_done (postrouting -140): clears the bit again
 // The queue rules (mangle, -150) skip packets with the bit set, the filter
-// rules accept inbound ones by it; the outbound chain clears it first, so it
-// never leaves the box. A packet of no element has it cleared and goes to
+// rules accept inbound ones by it; it is cleared in prerouting first (by the
+// rule set's raw rule and by the inbound chain) and again after the queue
+// in postrouting, so it never leaves the box. A packet of no element has it cleared and goes to
 // the queue as before.
 #pragma once
 
