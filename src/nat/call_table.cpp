@@ -278,7 +278,24 @@ void CallTable::complete_inside_id(Call& call, std::uint16_t inside_id) {
 }
 
 bool CallTable::public_id_free(std::uint32_t public_address, std::uint32_t outside_address, std::uint32_t id) const {
-    return by_public_.find(GreKey{public_address, outside_address, static_cast<std::uint16_t>(id)}) == by_public_.end();
+    const GreKey key{public_address, outside_address, static_cast<std::uint16_t>(id)};
+    return by_public_.find(key) == by_public_.end() && (gateway_ids_.empty() || gateway_ids_.count(key) == 0);
+}
+
+void CallTable::note_gateway_call_id(std::uint32_t local_address, std::uint32_t outside_address,
+                                     std::uint16_t call_id) {
+    const GreKey key{local_address, outside_address, call_id};
+    if (auto it = gateway_ids_.find(key); it != gateway_ids_.end()) {
+        it->second = clock_.now();
+        return;
+    }
+    if (gateway_ids_.size() >= kMaxGatewayCallIds) {
+        // GRE anyone can send: the table stays bounded, the stalest goes.
+        auto oldest = std::min_element(gateway_ids_.begin(), gateway_ids_.end(),
+                                       [](const auto& a, const auto& b) { return a.second < b.second; });
+        gateway_ids_.erase(oldest);
+    }
+    gateway_ids_.emplace(key, clock_.now());
 }
 
 void CallTable::set_inside_id(Call& call, std::uint16_t inside_id) {
@@ -488,6 +505,7 @@ Call* CallTable::find_outbound(std::uint32_t inside_address, std::uint32_t outsi
 
 std::size_t CallTable::expire() {
     const Instant now = clock_.now();
+    std::erase_if(gateway_ids_, [&](const auto& entry) { return now - entry.second > config_.gateway_call_id_hold; });
     std::size_t expired = 0;
     std::vector<Call*> stale_calls;
     for (auto& [id, call] : calls_) {

@@ -50,6 +50,9 @@ struct TableConfig {
     // Start-Control-Connection exchange this long after it opened is forgotten.
     Seconds control_setup_timeout{30};
     Seconds closing_linger{10};
+    // A Call ID of the gateway's own PPTP stays out of the allocator this
+    // long after its last GRE (the unreplied GRE timeout).
+    Seconds gateway_call_id_hold{600};
     std::size_t max_calls = 65536;
     std::size_t max_calls_per_connection = 256;
     // Per host that opened the control connections (the PNS side): one host
@@ -321,6 +324,15 @@ public:
     [[nodiscard]] Call* find_outbound(std::uint32_t inside_address, std::uint32_t outside_address,
                                       std::uint16_t outside_id) const noexcept;
 
+    // GRE of no call reached the gateway itself: Call ID `call_id` at
+    // (`local_address`, `outside_address`) is a call of the gateway's own
+    // (its control connection is not ours to see). No call of ours gets it
+    // as its public Call ID while it is in use (seen within
+    // gateway_call_id_hold). Bounded: kMaxGatewayCallIds in all, the oldest
+    // goes first.
+    void note_gateway_call_id(std::uint32_t local_address, std::uint32_t outside_address, std::uint16_t call_id);
+    [[nodiscard]] std::size_t gateway_call_ids() const noexcept { return gateway_ids_.size(); }
+    static constexpr std::size_t kMaxGatewayCallIds = 4096;
     // Drops what has been idle longer than its timeout. Returns calls expired.
     std::size_t expire();
     void clear_all(TeardownReason reason);
@@ -379,6 +391,8 @@ private:
     std::unordered_map<GreKey, Call*, GreKeyHash> by_public_;
     // (inside peer, outside peer, outside Call ID): outbound GRE.
     std::unordered_map<GreKey, Call*, GreKeyHash> by_outbound_;
+    // The gateway's own calls' Call IDs, when last seen.
+    std::unordered_map<GreKey, Instant, GreKeyHash> gateway_ids_;
     // Public IDs in use per (public address, outside peer), to refuse at once
     // when the space is full.
     std::unordered_map<std::uint64_t, std::uint32_t> ids_in_use_;

@@ -208,7 +208,9 @@ Verdict PacketHandler::handle_gre(Direction dir, std::span<std::uint8_t> packet,
                               (config_.local_gre == HandlerConfig::LocalGre::Auto && gateway_gre_);
             if (pass && is_local(destination)) {
                 // The gateway's own PPTP: the kernel's, and its input rules'.
+                // Its Call ID stays out of our allocator while in use.
                 counters_.add(EventCounter::gre_to_gateway);
+                table_.note_gateway_call_id(destination, source, gre.header.call_id);
                 return Verdict{};
             }
             return drop(DropReason::gre_no_matching_call, source, destination);

@@ -39,9 +39,9 @@ for every topology and asserted only where it is known to work
 (PPTP_FIXUP_TEST_RECORD=FILE also writes it as JSON).  The queue-only run
 (PPTP_FIXUP_TEST_GRE_OFFLOAD=off) runs the agent only.
 
-GatewayOwnCallIds is a known limitation kept as an expected failure: an
-inside client's call may take the public Call ID of the gateway's own PPTP
-call with the same server, and then takes its GRE.
+GatewayOwnCallIds: an inside client's call may not take the public Call ID
+of the gateway's own PPTP call with the same server (the agent learns it
+from the gateway's GRE).
 
     sudo /usr/bin/python3 tests/integration/test_nat_topologies.py [-v]
 """
@@ -524,18 +524,16 @@ class NatTopologies(unittest.TestCase):
 
 class GatewayOwnCallIds(unittest.TestCase):
 
-    @unittest.expectedFailure   # the agent does not know the gateway's own calls' Call IDs
     def test_inside_call_does_not_take_the_gateways_own_call_id(self):
-        """Known agent limitation, kept as a reproducer: the gateway's own
-        pptp client holds a call to the server with Call ID N (its control
-        connection is the kernel's, never queued); an inside client then
-        asks for Call ID N towards the same server.  Under preserve the
-        agent hands it public Call ID N, so the server's GRE for the
-        gateway's own call (key N, to the public address) is translated to
-        the inside client: the gateway's call stops and the inside client
-        receives its frames.  With random allocation the same happens by
-        chance (1 in 65535 per pair of calls).  The kernel helper is not
-        run: the case is the agent's."""
+        """The gateway's own pptp client holds a call to the server with
+        Call ID N (its control connection is the kernel's, never queued); an
+        inside client then asks for Call ID N towards the same server. The
+        agent learnt N from the gateway's GRE it passed on (gre_to_gateway)
+        and keeps it out of its allocator, so under preserve the inside call
+        gets another public Call ID and the gateway's call keeps its GRE.
+        (A gateway call whose GRE has not come yet is not known: that order
+        stays a limitation, see the README.) The kernel helper is not run:
+        the case is the agent's."""
         with topo.gateway_pptp(mode="agent", **agent_hooks(call_id_allocation="preserve")) as lab:
             lab.start_pptpd_at("server")
             _, path = lab.capture("server", bpf=CAPTURE)

@@ -1365,6 +1365,18 @@ TEST_F(PacketHandlerTest, GreOfNoCallToTheGatewayItselfIsLeftToIt) {
     EXPECT_EQ(counters.get(DropReason::gre_no_matching_call), 2u);
     // A call's own GRE is still translated.
     EXPECT_TRUE(gre_in(kServer, kPublic, 7).modified);
+    // Call ID 99 at that server is the gateway's own now: an inside call
+    // asking for it gets another public one, so it cannot take that GRE.
+    EXPECT_EQ(table->gateway_call_ids(), 1u);
+    Flow f2{kClient2, 40001};
+    open(f2);
+    EXPECT_NE(call(f2, 99, 301), 99);
+    EXPECT_TRUE(gre_in(kServer, kPublic, 99).accept);
+    EXPECT_EQ(counters.get(EventCounter::gre_to_gateway), 2u);
+    // Unused for the hold time, it is free again.
+    clock.advance(table->config().gateway_call_id_hold + std::chrono::seconds(1));
+    table->expire();
+    EXPECT_EQ(table->gateway_call_ids(), 0u);
 }
 
 class StrictLocalGreTest : public PacketHandlerTest {
