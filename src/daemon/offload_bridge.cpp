@@ -269,6 +269,7 @@ void GreOffloadBridge::apply(nat::CallTable& table, const offload::CounterSnapsh
         return call != nullptr && call->offloaded && call->offload_serial <= serial_limit;
     };
     const nat::Instant now = table.now();
+    last_read_ = std::chrono::steady_clock::now();
     for (const offload::KeyedCounters& in : snapshot.inbound) {
         nat::Call* call = table.find_inbound(in.first, in.second, in.call_id);
         if (!current(call)) {
@@ -310,6 +311,10 @@ nlohmann::json GreOffloadBridge::stats() const {
             {"withdraw_failures", withdraw_failures_},
             {"stale_removed", stale_removed_},
             {"counter_reads", polls_},
+            {"counters_read_seconds_ago",
+             last_read_ == std::chrono::steady_clock::time_point{}
+                 ? -1.0
+                 : std::chrono::duration<double>(std::chrono::steady_clock::now() - last_read_).count()},
             {"counter_read_failures", poll_failures_},
             {"netlink_transactions", nft_.transactions()}};
 }
