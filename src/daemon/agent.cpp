@@ -122,6 +122,8 @@ void EventLog::call_refused(const nat::ControlConnection& conn, std::uint16_t ca
 Agent::Agent(const daemon_options::Options& options, std::vector<std::string> argv)
     : options_(options), argv_(std::move(argv)) {
     logging::set_level(options_.log_level);
+    // Resolved once: an upgrade may replace the files while we run.
+    options_.rules_command = installer_path(options_.rules_command);
     for (const std::string& name : options_.outside_interfaces) {
         outside_ifindexes_.push_back(nfq::interface_index(name));
     }

@@ -209,7 +209,8 @@ ParseResult parse(int argc, const char* const* argv) {
          "remove runs this; nothing else is needed with it")
         ("rules-command", po::value<std::string>(&opt.rules_command)->value_name("PATH")
                               ->default_value("pptp-fixup-rules"),
-         "the rule installer run to keep the queue rules in line with the fixup ports")
+         "the rule installer run to keep the queue rules in line with the fixup ports; a bare name is "
+         "looked for next to pptp-fixupd's own executable first, then in PATH")
         ("user,u", po::value<std::string>(&user)->value_name("NAME"),
          "once the queue and the control socket are open, run as this user (and its group), keeping only "
          "CAP_NET_ADMIN")

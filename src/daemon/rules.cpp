@@ -80,6 +80,20 @@ std::string run(const std::vector<std::string>& argv, std::chrono::seconds timeo
 
 }  // namespace
 
+std::string installer_path(const std::string& command) {
+    if (command.empty() || command.find('/') != std::string::npos) {
+        return command;
+    }
+    std::array<char, 4096> self{};
+    const ssize_t n = readlink("/proc/self/exe", self.data(), self.size() - 1);
+    if (n <= 0) {
+        return command;
+    }
+    std::string beside(self.data(), static_cast<std::size_t>(n));
+    beside = beside.substr(0, beside.rfind('/') + 1) + command;
+    return access(beside.c_str(), X_OK) == 0 ? beside : command;
+}
+
 std::string apply_rules(const RulesSettings& settings, const std::vector<std::uint16_t>& ports,
                         std::chrono::seconds timeout) {
     if (ports.empty()) {

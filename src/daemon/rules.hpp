@@ -16,6 +16,11 @@ struct RulesSettings {
     std::uint32_t offload_mark = 0x01000000;  // pptp-fixup-rules --offload-mark
 };
 
+// The installer to run for `command`: as given when it names a path, else
+// the one next to this daemon's own executable when there is one there
+// (installed under any prefix, on PATH or not), else `command` from PATH.
+[[nodiscard]] std::string installer_path(const std::string& command);
+
 // Installs the rules for `ports` (or removes them when `ports` is empty).
 // Returns an empty string on success, else one line saying what failed.
 // Runs synchronously, bounded by `timeout`: the kernel holds queued packets

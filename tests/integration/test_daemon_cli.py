@@ -6,6 +6,7 @@ is idempotent and removes only its own rules."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,7 @@ import unittest
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TESTS)
 
-from lab.agent import RULES_FILE, RULES_TOOL, bin_dir, exit_problem  # noqa: E402
+from lab.agent import RULES_FILE, RULES_TOOL, agent_hooks, bin_dir, exit_problem  # noqa: E402
 from lab.netns import Lab  # noqa: E402
 from lab.runner import run_tests  # noqa: E402
 
@@ -107,6 +108,36 @@ def chain_rules(lines):
             chain = line.split()[1]
             chains.setdefault((table, chain), []).append(line)
     return chains
+
+
+class InstalledAnywhere(unittest.TestCase):
+
+    def test_the_installer_next_to_the_daemon_is_found_off_path(self):
+        """Daemon, installer and rule file in one directory that is not on
+        PATH, no --rules-command: the daemon installs its rules with
+        --manage-rules and follows fixup disable/enable with the installer
+        next to its own executable."""
+        prefix = tempfile.mkdtemp(prefix="pptp-fixup-prefix-")
+        try:
+            os.chmod(prefix, 0o755)
+            for src in (os.path.join(bin_dir(), "pptp-fixupd"), RULES_TOOL, RULES_FILE):
+                dst = os.path.join(prefix, os.path.basename(src))
+                shutil.copyfile(src, dst)
+                os.chmod(dst, 0o755)
+            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+            hooks = agent_hooks(daemon=os.path.join(prefix, "pptp-fixupd"), ports=(1723, 1724),
+                                extra_args=["--manage-rules"], env=env)
+            with Lab(clients=1, mode="agent", **hooks) as lab:
+                saved = lab.router_exec(["iptables-save"]).stdout
+                self.assertIn("--ctorigdstport 1723", saved)
+                self.assertIn("--ctorigdstport 1724", saved)
+                out = lab.agent.ctl("fixup", "disable", "1723")
+                self.assertNotIn("cannot run", out)
+                saved = lab.router_exec(["iptables-save"]).stdout
+                self.assertNotIn("--ctorigdstport 1723", saved)
+                self.assertIn("--ctorigdstport 1724", saved)
+        finally:
+            shutil.rmtree(prefix, ignore_errors=True)
 
 
 class RuleInstaller(unittest.TestCase):

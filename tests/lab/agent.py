@@ -71,8 +71,11 @@ class Agent:
     # them, as a lab.topology does, else its one ``outside_if``); each is an
     # --outside of the daemon, and pptp-fixup-rules gets them as a comma list.
     def __init__(self, lab, queue=QUEUE, ports=(1723,), extra_args=(), config=None,
-                 call_id_allocation="random", env=None, gre_offload=None, outside=None):
+                 call_id_allocation="random", env=None, gre_offload=None, outside=None, daemon=None):
         self.lab = lab
+        # Another pptp-fixupd executable (a copy installed elsewhere): then
+        # no --rules-command is given, the daemon finds its installer itself.
+        self.daemon = daemon
         self.outside = list(outside or getattr(lab, "outside_ifs", None) or [lab.outside_if])
         # nft (the kernel offload, which must work here) unless the run asks
         # for the queue-only path: ctest runs the suite both ways.
@@ -111,7 +114,7 @@ class Agent:
 
     def start(self, wait=10.0):
         self.log = open(self.log_path, "ab")
-        argv = [os.path.join(bin_dir(), "pptp-fixupd"), "--queue", str(self.queue)]
+        argv = [self.daemon or os.path.join(bin_dir(), "pptp-fixupd"), "--queue", str(self.queue)]
         for outside in self.outside:
             argv += ["--outside", outside]
         argv += ["--control-socket", self.socket]
@@ -127,7 +130,9 @@ class Agent:
         if not (self.config and "gre-offload" in self.config) and \
                 not any(a.startswith("--gre-offload") for a in self.extra_args):
             argv += ["--gre-offload", self.gre_offload]
-        argv += ["--rules-command", self.rules_command] + self.extra_args
+        if self.daemon is None:
+            argv += ["--rules-command", self.rules_command]
+        argv += self.extra_args
         # ASan in the debug build: leaks fail the run at exit.
         env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", **self.extra_env)
         self.log_start = self.log.tell()
