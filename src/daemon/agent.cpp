@@ -190,6 +190,9 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
     // With the queue bound (packets wait there meanwhile) and the control
     // socket ours (no other agent runs with it).
     start_offload();
+    if (!options_.metrics_file.empty()) {
+        write_metrics_file();  // at once: a missing directory shows at start
+    }
 #ifdef PPTP_FIXUP_SANITIZER_SELFTEST
     // Sanitizer builds only: a test sets this to prove that LeakSanitizer
     // still sees this process's leaks once it has left root.
@@ -292,6 +295,31 @@ void Agent::start_offload() {
         nft_.reset();
         offload_unavailable(e.what());
     }
+}
+
+void Agent::write_metrics_file() {
+    const std::string temporary = options_.metrics_file + ".tmp";
+    {
+        std::ofstream out(temporary, std::ios::trunc);
+        out << control::metrics_text(*api_);
+        if (!out.flush()) {
+            if (!metrics_failed_) {
+                logging::write(logging::Level::Warning, "", "cannot write the metrics file " + temporary);
+            }
+            metrics_failed_ = true;
+            return;
+        }
+    }
+    // Readers see the old file or the new one, never half of one.
+    if (std::rename(temporary.c_str(), options_.metrics_file.c_str()) != 0) {
+        if (!metrics_failed_) {
+            logging::write(logging::Level::Warning, "",
+                           "cannot rename " + temporary + " to " + options_.metrics_file + ": " + std::strerror(errno));
+        }
+        metrics_failed_ = true;
+        return;
+    }
+    metrics_failed_ = false;
 }
 
 std::uint64_t Agent::offload_poll_seconds() const {
@@ -562,6 +590,9 @@ int Agent::run() {
                     offload_->start_poll(*table_);  // kernel traffic counts as activity once read
                 }
                 table_->expire();
+                if (!options_.metrics_file.empty() && ticks_ % (10ULL * options_.metrics_seconds) == 0) {
+                    write_metrics_file();
+                }
                 if (ticks_ % 50 == 0) {
                     sd_notifyf(0, "STATUS=%zu calls, %zu control connections, %llu packets\n%s", table_->call_count(),
                                table_->connection_count(),

@@ -84,6 +84,7 @@ private:
     [[nodiscard]] offload::OffloadConfig offload_config() const;
     [[nodiscard]] nlohmann::json offload_stats() const;
     [[nodiscard]] std::uint64_t offload_poll_seconds() const;
+    void write_metrics_file();
 
     daemon_options::Options options_;
     std::vector<std::string> argv_;
@@ -101,7 +102,8 @@ private:
     std::unique_ptr<offload::NftOffload> nft_;
     std::unique_ptr<GreOffloadBridge> offload_;  // null when GRE goes through the queue only
     std::string offload_off_reason_;
-    std::string offload_summary_;  // for the start-up log line
+    std::string offload_summary_;
+    bool metrics_failed_ = false;  // reported once until a write succeeds  // for the start-up log line
     std::uint64_t marked_in_queue_ = 0;
     bool watchdog_ = false;
     std::uint64_t ticks_ = 0;

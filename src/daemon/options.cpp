@@ -204,6 +204,13 @@ ParseResult parse(int argc, const char* const* argv) {
         ("manage-rules", po::bool_switch(&opt.manage_rules),
          "install the netfilter rules at start (pptp-fixup-rules install) and remove them at exit; without it "
          "the rules are yours to install, and only fixup enable/disable and reloads update them")
+        ("metrics-file", po::value<std::string>(&opt.metrics_file)->value_name("PATH"),
+         "write the metrics (Prometheus text format, as \"pptp-fixupctl metrics\") to PATH every "
+         "--metrics-interval seconds, atomically (a temporary file renamed): for node_exporter's textfile "
+         "collector, as a daemon with no IP socket can offer them")
+        ("metrics-interval", po::value<std::uint32_t>(&opt.metrics_seconds)->value_name("SECONDS")
+                                 ->default_value(15),
+         "seconds between rewrites of --metrics-file")
         ("remove-offload", po::bool_switch(&opt.remove_offload),
          "delete the GRE offload table (ip pptp_fixup) and exit: its calls stop flowing. pptp-fixup-rules "
          "remove runs this; nothing else is needed with it")
@@ -432,6 +439,9 @@ ParseResult parse(int argc, const char* const* argv) {
         throw UsageError("invalid --offload-poll-interval: expected at least 1 second");
     }
     opt.offload_poll_seconds = offload_poll;
+    if (opt.metrics_seconds == 0) {
+        throw UsageError("invalid --metrics-interval: expected at least 1 second");
+    }
     if (opt.burst == 0 || opt.burst > 1024) {
         throw UsageError("invalid --burst: expected 1-1024");
     }

@@ -28,7 +28,11 @@ struct Options {
     std::string config_file;
     std::string rules_command = "pptp-fixup-rules";
     bool manage_rules = false;
-    bool remove_offload = false;      // delete the offload table and exit
+    bool remove_offload = false;  // delete the offload table and exit
+    // Prometheus text format, rewritten (atomically) every metrics_seconds,
+    // for node_exporter's textfile collector; empty: none.
+    std::string metrics_file;
+    std::uint32_t metrics_seconds = 15;
     std::optional<std::string> user;  // run as this user once the sockets are open
     bool keep_capabilities = false;   // do not drop capabilities (debugging)
     std::uint32_t queue_max_length = 4096;

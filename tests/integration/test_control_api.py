@@ -8,8 +8,10 @@ clear session, and bad requests that get a clear error and change nothing."""
 import json
 import os
 import re
+import shutil
 import socket
 import sys
+import tempfile
 import time
 import unittest
 
@@ -99,6 +101,32 @@ class ControlApi(unittest.TestCase):
                     c.stop()
             lab.stop_process(cap)
             self.assertEqual(server_gre_keys(lab, pcap), {s["public_call_id"] for s in sessions})
+
+    def test_metrics_file_is_rewritten_whole(self):
+        """--metrics-file: the metrics text appears at start and is rewritten
+        every --metrics-interval, by rename (no temporary file left, never
+        half a file), with the live call in it."""
+        d = tempfile.mkdtemp(prefix="pptp-fixup-metrics-")
+        path = os.path.join(d, "pptp_fixup.prom")
+        try:
+            hooks = agent_hooks(extra_args=["--metrics-file", path, "--metrics-interval", "1"])
+            with Lab(clients=1, mode="agent", **hooks) as lab:
+                self.assertTrue(wait_until(lambda: os.path.exists(path), 3), lab.agent.output())
+                lab.start_pptpd()
+                client = RealClient(lab, 1)
+                client.start()
+                try:
+                    self.assertTrue(client.wait_server_frame(8))
+                    self.assertTrue(wait_until(
+                        lambda: "pptp_fixup_live_calls 1\n" in open(path).read(), 4), open(path).read())
+                finally:
+                    client.stop()
+                text = open(path).read()
+                self.assertIn("# TYPE pptp_fixup_events_total counter", text)
+                self.assertTrue(text.endswith("\n"))
+                self.assertEqual(os.listdir(d), ["pptp_fixup.prom"])
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
 
     def test_fixup_disable_and_enable_on_the_same_daemon(self):
         with Lab(clients=2, mode="agent", **agent_hooks(ports=(1723, 1724))) as lab:
