@@ -12,6 +12,14 @@
 #include <nlohmann/json.hpp>
 
 namespace control {
+namespace {
+
+bool is_events_request(const std::string& line) {
+    const auto request = nlohmann::json::parse(line, nullptr, false);
+    return request.is_object() && request.value("command", std::string()) == "events";
+}
+
+}  // namespace
 
 std::string respond(const RequestHandler& handler, const std::string& line) {
     nlohmann::json response;
@@ -136,8 +144,19 @@ void Server::read_client(Client& c) {
             c.closing = errno != EAGAIN && errno != EINTR;
             return;
         }
+        if (c.subscribed) {
+            continue;  // a follower sends nothing more; only its close counts
+        }
         c.input.append(buffer, static_cast<std::size_t>(n));
         const auto newline = c.input.find('\n');
+        if (newline != std::string::npos && is_events_request(c.input.substr(0, newline))) {
+            c.subscribed = true;
+            c.input.clear();
+            c.output = R"({"ok":true,"events":"following"})"
+                       "\n";
+            write_client(c);
+            continue;
+        }
         if (newline != std::string::npos) {
             c.output = respond(handler_, c.input.substr(0, newline));
             c.input.clear();
@@ -163,7 +182,33 @@ void Server::write_client(Client& c) {
         }
         c.output.erase(0, static_cast<std::size_t>(n));
     }
-    c.closing = true;  // one request per connection
+    c.closing = !c.subscribed;  // one request per connection, unless it follows events
+}
+
+std::size_t Server::subscribers() const noexcept {
+    return static_cast<std::size_t>(
+        std::count_if(clients_.begin(), clients_.end(), [](const Client& c) { return c.subscribed; }));
+}
+
+void Server::publish(const nlohmann::json& event) {
+    std::string line;
+    for (auto& c : clients_) {
+        if (!c.subscribed || c.closing) {
+            continue;
+        }
+        if (line.empty()) {
+            line = event.dump() + "\n";
+        }
+        if (c.output.size() + line.size() > kMaxSubscriberBacklog) {
+            ++c.lost;
+            continue;
+        }
+        if (c.lost > 0) {
+            c.output += nlohmann::json{{"event", "lost"}, {"count", c.lost}}.dump() + "\n";
+            c.lost = 0;
+        }
+        c.output += line;
+    }
 }
 
 }  // namespace control

@@ -6,6 +6,7 @@
 #include <poll.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -34,6 +35,13 @@ public:
     Server(const Server&) = delete;
     Server& operator=(const Server&) = delete;
 
+    // Sends one event line to every client that asked for "events". A
+    // client that does not keep up loses events (it is told how many)
+    // rather than holding the daemon's memory.
+    void publish(const nlohmann::json& event);
+    [[nodiscard]] std::size_t subscribers() const noexcept;
+    static constexpr std::size_t kMaxSubscriberBacklog = 256 * 1024;
+
     // Appends the descriptors to watch; call handle() with the results.
     void add_poll_fds(std::vector<pollfd>& fds) const;
     void handle(const std::vector<pollfd>& fds, std::size_t first);
@@ -46,6 +54,8 @@ private:
         std::string input;
         std::string output;
         bool closing = false;
+        bool subscribed = false;  // "events": the connection stays open
+        std::uint64_t lost = 0;   // events not queued since the last told
     };
     void accept_clients();
     void read_client(Client& c);

@@ -48,6 +48,14 @@ COMMANDS
       Disabling a port tears down its control connections and their calls.
   clear session ID | clear all
       tear down one call (ID from "sessions") or every call and connection.
+  events
+      follow what happens as it happens, one line each, until interrupted
+      (like conntrack -E): calls built, torn down, refused and left in the
+      kernel at a shutdown; control-message violations and dropped packets
+      by reason (as often as the log reports them: once per reason per 10
+      s, with how many more came); fixup port changes. --json prints each
+      event as one JSON object per line (for log shippers). A follower that
+      cannot keep up is told how many events it lost ("lost").
 
 EXIT STATUS
   0 when the daemon answered ok, 1 otherwise (with one line on stderr).
@@ -63,7 +71,7 @@ struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-json ask(const std::string& path, const json& request) {
+int connect_to(const std::string& path) {
     const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
@@ -80,6 +88,76 @@ json ask(const std::string& path, const json& request) {
         close(fd);
         throw std::runtime_error("cannot connect to " + path + ": " + reason + " (is pptp-fixupd running?)");
     }
+    return fd;
+}
+
+std::string describe_event(const json& e) {
+    const std::string kind = e.value("event", std::string("?"));
+    std::ostringstream s;
+    s << e.value("time", std::string()) << ' ' << kind;
+    if (e.contains("session")) {
+        const json& c = e["session"];
+        s << " call " << c.value("id", 0) << ' ' << c.value("inside_address", std::string()) << '/'
+          << c.value("inside_call_id", 0) << " -> " << c.value("public_address", std::string()) << '/'
+          << c.value("public_call_id", 0) << " -> " << c.value("outside_address", std::string()) << '/'
+          << c.value("outside_call_id", 0);
+    }
+    for (const char* key : {"reason", "inside_address", "outside_address", "call_id", "port", "enabled", "source",
+                            "destination", "more_since_last", "count"}) {
+        if (e.contains(key) && !(e.contains("session") && std::string(key).find("address") != std::string::npos)) {
+            s << ' ' << key << ' ' << (e[key].is_string() ? e[key].get<std::string>() : e[key].dump());
+        }
+    }
+    return s.str();
+}
+
+// Follows the event stream until the daemon closes it. Returns the exit code.
+int follow_events(const std::string& path, bool as_json) {
+    const int fd = connect_to(path);
+    const std::string line = json{{"command", "events"}}.dump() + "\n";
+    if (send(fd, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) {
+        close(fd);
+        throw std::runtime_error("cannot send request to " + path);
+    }
+    std::string pending;
+    char buffer[4096];
+    bool first = true;
+    for (;;) {
+        const ssize_t n = read(fd, buffer, sizeof(buffer));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            break;
+        }
+        pending.append(buffer, static_cast<std::size_t>(n));
+        for (auto nl = pending.find('\n'); nl != std::string::npos; nl = pending.find('\n')) {
+            const std::string text = pending.substr(0, nl);
+            pending.erase(0, nl + 1);
+            const json e = json::parse(text, nullptr, false);
+            if (first) {
+                first = false;
+                if (!e.is_object() || !e.value("ok", false)) {
+                    std::cerr << "pptp-fixupctl: " << (e.is_object() ? e.value("error", text) : text) << '\n';
+                    close(fd);
+                    return 1;
+                }
+                continue;
+            }
+            if (as_json) {
+                std::cout << text << std::endl;
+            } else {
+                std::cout << (e.is_object() ? describe_event(e) : text) << std::endl;
+            }
+        }
+    }
+    close(fd);
+    std::cerr << "pptp-fixupctl: pptp-fixupd closed the event stream\n";
+    return 1;
+}
+
+json ask(const std::string& path, const json& request) {
+    const int fd = connect_to(path);
     timeval timeout{5, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
     const std::string line = request.dump() + "\n";
@@ -264,6 +342,11 @@ int main(int argc, char** argv) {
             } else {
                 throw UsageError("usage: pptp-fixupctl clear session ID | clear all");
             }
+        } else if (command == "events") {
+            if (!rest.empty()) {
+                throw UsageError("'events' takes no arguments");
+            }
+            return follow_events(socket_path, as_json);
         } else if (command != "connections" && command != "stats" && command != "metrics") {
             throw UsageError("unknown command '" + command + "' (see --help)");
         } else if (!rest.empty()) {

@@ -11,6 +11,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -58,8 +59,21 @@ std::string hex_mark(std::uint32_t mark) {
 
 }  // namespace
 
+void EventLog::publish(nlohmann::json event) const {
+    if (publish_) {
+        std::array<char, 32> now{};
+        const std::time_t t = std::time(nullptr);
+        std::tm utc{};
+        gmtime_r(&t, &utc);
+        (void)std::strftime(now.data(), now.size(), "%Y-%m-%dT%H:%M:%SZ", &utc);
+        event["time"] = now.data();
+        publish_(std::move(event));
+    }
+}
+
 void EventLog::call_built(const nat::Call& call) {
     logging::write(logging::Level::Info, "302017", "Built " + describe_call(call));
+    publish({{"event", "call-built"}, {"session", control::session_json(call, std::chrono::steady_clock::now())}});
 }
 
 void EventLog::call_torn_down(const nat::Call& call, nat::TeardownReason reason) {
@@ -68,6 +82,8 @@ void EventLog::call_torn_down(const nat::Call& call, nat::TeardownReason reason)
         s << "Left in the kernel " << describe_call(call) << " packets in " << call.packets_in << " out "
           << call.packets_out << ": its GRE flows on, the next start adopts it";
         logging::write(logging::Level::Info, "302019", s.str());
+        publish({{"event", "call-left-offloaded"},
+                 {"session", control::session_json(call, std::chrono::steady_clock::now())}});
         return;
     }
     s << "Teardown " << describe_call(call) << " duration "
@@ -75,6 +91,9 @@ void EventLog::call_torn_down(const nat::Call& call, nat::TeardownReason reason)
       << " out " << call.packets_out << " bytes in " << call.bytes_in << " out " << call.bytes_out << " reason "
       << nat::teardown_reason_name(reason);
     logging::write(logging::Level::Info, "302018", s.str());
+    publish({{"event", "call-torn-down"},
+             {"reason", nat::teardown_reason_name(reason)},
+             {"session", control::session_json(call, std::chrono::steady_clock::now())}});
 }
 
 void EventLog::packet_dropped(nat::DropReason reason, std::uint32_t source, std::uint32_t destination) {
@@ -89,6 +108,12 @@ void EventLog::packet_dropped(nat::DropReason reason, std::uint32_t source, std:
         s << " (" << suppressed << " more of this kind since the last report)";
     }
     logging::write(logging::Level::Warning, "400001", s.str());
+    // As the log: one event per reason per 10 s, with how many more there were.
+    publish({{"event", "drop"},
+             {"reason", nat::drop_reason_name(reason)},
+             {"source", pptp::format_ipv4(source)},
+             {"destination", pptp::format_ipv4(destination)},
+             {"more_since_last", suppressed}});
 }
 
 void EventLog::control_violation(const nat::ControlConnection& conn, nat::DropReason reason, std::string_view message,
@@ -109,6 +134,13 @@ void EventLog::control_violation(const nat::ControlConnection& conn, nat::DropRe
         s << "; " << suppressed << " more on this connection since the last report";
     }
     logging::write(logging::Level::Warning, "400002", s.str());
+    publish({{"event", "violation"},
+             {"reason", nat::drop_reason_name(reason)},
+             {"inside_address", pptp::format_ipv4(conn.key.inside_address)},
+             {"inside_port", conn.key.inside_port},
+             {"outside_address", pptp::format_ipv4(conn.key.outside_address)},
+             {"outside_port", conn.key.outside_port},
+             {"reset", reset}});
 }
 
 void EventLog::call_refused(const nat::ControlConnection& conn, std::uint16_t call_id, nat::DropReason reason) {
@@ -117,6 +149,11 @@ void EventLog::call_refused(const nat::ControlConnection& conn, std::uint16_t ca
       << pptp::format_ipv4(conn.key.outside_address) << ": " << nat::drop_reason_name(reason)
       << "; control connection reset";
     logging::write(logging::Level::Warning, "400003", s.str());
+    publish({{"event", "call-refused"},
+             {"reason", nat::drop_reason_name(reason)},
+             {"inside_address", pptp::format_ipv4(conn.key.inside_address)},
+             {"outside_address", pptp::format_ipv4(conn.key.outside_address)},
+             {"call_id", call_id}});
 }
 
 Agent::Agent(const daemon_options::Options& options, std::vector<std::string> argv)
@@ -180,6 +217,11 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
                             }});
     control_ = std::make_unique<control::Server>(options_.control_socket, [this](const nlohmann::json& request) {
         return control::handle_request(request, *api_);
+    });
+    events_.set_publisher([this](nlohmann::json event) {
+        if (control_) {
+            control_->publish(event);
+        }
     });
     // Before privileges go: the netlink socket keeps the rights it was
     // opened with.
@@ -393,6 +435,7 @@ std::string Agent::set_fixup_port(std::uint16_t port, bool enable) {
     if (!enable) {
         torn_down = table_->remove_connections_on_port(port, nat::TeardownReason::FixupDisabled);
     }
+    events_.publish({{"event", "fixup"}, {"port", port}, {"enabled", enable}, {"connections_torn_down", torn_down}});
     logging::write(logging::Level::Notice, "500001",
                    std::string("fixup protocol pptp ") + std::to_string(port) + (enable ? " enabled" : " disabled") +
                        (enable ? "" : "; " + std::to_string(torn_down) + " control connection(s) torn down"));

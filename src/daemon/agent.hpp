@@ -34,8 +34,12 @@ public:
     void control_violation(const nat::ControlConnection& conn, nat::DropReason reason, std::string_view message,
                            bool dropped) override;
     void call_refused(const nat::ControlConnection& conn, std::uint16_t call_id, nat::DropReason reason) override;
+    // Where events also go (pptp-fixupctl events); empty: nowhere.
+    void set_publisher(std::function<void(nlohmann::json)> publish) { publish_ = std::move(publish); }
+    void publish(nlohmann::json event) const;
 
 private:
+    std::function<void(nlohmann::json)> publish_;
     logging::RateLimiter drop_limiter_{std::chrono::seconds(10), 1};
     // Protocol violations: one line per control connection per minute.
     logging::RateLimiter violation_limiter_{std::chrono::seconds(60), 1};

@@ -8,8 +8,10 @@ clear session, and bad requests that get a clear error and change nothing."""
 import json
 import os
 import re
+import select
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +24,7 @@ from lab.agent import agent_hooks, bin_dir  # noqa: E402
 from lab.netns import Lab  # noqa: E402
 from lab.pptp_client import RealClient, run_real_client  # noqa: E402
 from lab.runner import run_tests, wait_until  # noqa: E402
+from test_agent_real_peers import send_gre  # noqa: E402
 
 
 def log(*a):
@@ -101,6 +104,53 @@ class ControlApi(unittest.TestCase):
                     c.stop()
             lab.stop_process(cap)
             self.assertEqual(server_gre_keys(lab, pcap), {s["public_call_id"] for s in sessions})
+
+    def test_events_follow_calls_drops_and_fixup_changes(self):
+        """pptp-fixupctl --json events: a call's build and teardown (with its
+        Call IDs), a drop by reason and a fixup change arrive as they happen,
+        one JSON object per line; a second follower sees the same."""
+        with Lab(clients=1, mode="agent", **agent_hooks(ports=(1723, 1724))) as lab:
+            lab.start_pptpd()
+            ctl = [os.path.join(bin_dir(), "pptp-fixupctl"), "--socket", lab.agent.socket]
+            followers = [lab.spawn("router", ctl + ["--json", "events"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL) for _ in range(2)]
+            lines = [[], []]
+            partial = [b"", b""]
+
+            def read_available(i):
+                fd = followers[i].stdout.fileno()
+                while select.select([fd], [], [], 0.05)[0]:
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        break
+                    partial[i] += chunk
+                *complete, partial[i] = partial[i].split(b"\n")
+                lines[i] += [json.loads(line) for line in complete if line]
+
+            def seen(i, kind):
+                read_available(i)
+                return [e for e in lines[i] if e.get("event") == kind]
+
+            time.sleep(0.3)   # both subscribed before anything happens
+            r = run_real_client(lab, 1, frames=2)
+            self.assertEqual(r.frames_echoed, 2, r)
+            for i in (0, 1):
+                self.assertTrue(wait_until(lambda: seen(i, "call-torn-down"), 5), lines[i])
+                built = seen(i, "call-built")
+                torn = seen(i, "call-torn-down")
+                self.assertEqual(len(built), 1, lines[i])
+                self.assertEqual(built[0]["session"]["inside_address"], "198.18.0.11")
+                self.assertEqual(torn[0]["session"]["public_call_id"], built[0]["session"]["public_call_id"])
+                self.assertTrue(torn[0]["reason"])
+                self.assertRegex(built[0]["time"], r"^\d{4}-\d\d-\d\dT")
+            send_gre(lab, "server", "203.0.113.1", [4242])
+            lab.agent.ctl("fixup", "disable", "1724")
+            for i in (0, 1):
+                self.assertTrue(wait_until(lambda: seen(i, "drop") and seen(i, "fixup"), 5), lines[i])
+                self.assertEqual(seen(i, "drop")[0]["reason"], "gre_no_matching_call")
+                self.assertEqual(seen(i, "fixup")[0], dict(seen(i, "fixup")[0], port=1724, enabled=False))
+            for p in followers:
+                lab.stop_process(p)
 
     def test_metrics_file_is_rewritten_whole(self):
         """--metrics-file: the metrics text appears at start and is rewritten
