@@ -149,6 +149,15 @@ void Server::read_client(Client& c) {
         }
         c.input.append(buffer, static_cast<std::size_t>(n));
         const auto newline = c.input.find('\n');
+        if (newline != std::string::npos && is_events_request(c.input.substr(0, newline)) &&
+            subscribers() >= kMaxSubscribers) {
+            // Followers never leave by themselves: some room stays for requests.
+            c.input.clear();
+            c.output = R"({"ok":false,"error":"too many event followers"})"
+                       "\n";
+            write_client(c);
+            return;
+        }
         if (newline != std::string::npos && is_events_request(c.input.substr(0, newline))) {
             c.subscribed = true;
             c.input.clear();

@@ -41,6 +41,7 @@ public:
     void publish(const nlohmann::json& event);
     [[nodiscard]] std::size_t subscribers() const noexcept;
     static constexpr std::size_t kMaxSubscriberBacklog = 256 * 1024;
+    static constexpr std::size_t kMaxSubscribers = 8;  // of kMaxClients
 
     // Appends the descriptors to watch; call handle() with the results.
     void add_poll_fds(std::vector<pollfd>& fds) const;
