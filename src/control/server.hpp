@@ -40,7 +40,7 @@ public:
     // rather than holding the daemon's memory.
     void publish(const nlohmann::json& event);
     [[nodiscard]] std::size_t subscribers() const noexcept;
-    static constexpr std::size_t kMaxSubscriberBacklog = 256 * 1024;
+    static constexpr std::size_t kMaxSubscriberBacklog = std::size_t{256} * 1024U;
     static constexpr std::size_t kMaxSubscribers = 8;  // of kMaxClients
 
     // Appends the descriptors to watch; call handle() with the results.

@@ -218,7 +218,7 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
     control_ = std::make_unique<control::Server>(options_.control_socket, [this](const nlohmann::json& request) {
         return control::handle_request(request, *api_);
     });
-    events_.set_publisher([this](nlohmann::json event) {
+    events_.set_publisher([this](const nlohmann::json& event) {
         if (control_) {
             control_->publish(event);
         }
