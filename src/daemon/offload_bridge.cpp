@@ -32,6 +32,18 @@ std::uint64_t gre_bytes(const offload::ElementCounters& c) {
     return c.bytes >= c.packets * kIpv4HeaderBytes ? c.bytes - c.packets * kIpv4HeaderBytes : 0;
 }
 
+// One way's kernel counters into the call; a change counts as activity.
+void take_counters(nat::Call& call, const offload::ElementCounters& c, bool inbound, nat::Instant now) {
+    std::uint64_t& packets = inbound ? call.packets_in : call.packets_out;
+    std::uint64_t& bytes = inbound ? call.bytes_in : call.bytes_out;
+    const std::uint64_t total = (inbound ? call.offload_base.packets_in : call.offload_base.packets_out) + c.packets;
+    if (total != packets) {
+        call.last_activity = now;
+    }
+    packets = total;
+    bytes = (inbound ? call.offload_base.bytes_in : call.offload_base.bytes_out) + gre_bytes(c);
+}
+
 }  // namespace
 
 offload::CallRecord record_of(const nat::Call& call) {
@@ -100,15 +112,8 @@ bool GreOffloadBridge::offload(const nat::Call& call) {
 
 void GreOffloadBridge::apply(nat::Call& call, const offload::ElementCounters& in, const offload::ElementCounters& out,
                              nat::Instant now) {
-    const std::uint64_t packets_in = call.offload_base.packets_in + in.packets;
-    const std::uint64_t packets_out = call.offload_base.packets_out + out.packets;
-    if (packets_in != call.packets_in || packets_out != call.packets_out) {
-        call.last_activity = now;
-    }
-    call.packets_in = packets_in;
-    call.packets_out = packets_out;
-    call.bytes_in = call.offload_base.bytes_in + gre_bytes(in);
-    call.bytes_out = call.offload_base.bytes_out + gre_bytes(out);
+    take_counters(call, in, true, now);
+    take_counters(call, out, false, now);
 }
 
 void GreOffloadBridge::withdraw(nat::Call& call) {
@@ -272,33 +277,19 @@ void GreOffloadBridge::apply(nat::CallTable& table, const offload::CounterSnapsh
     last_read_ = std::chrono::steady_clock::now();
     for (const offload::KeyedCounters& in : snapshot.inbound) {
         nat::Call* call = table.find_inbound(in.first, in.second, in.call_id);
-        if (!current(call)) {
-            if (call == nullptr && nft_.remove_inbound(in.first, in.second, in.call_id) == 0) {
-                ++stale_removed_;  // of no live call: a removal that failed once
-            }
-            continue;
+        if (current(call)) {
+            take_counters(*call, in.counters, true, now);
+        } else if (call == nullptr && nft_.remove_inbound(in.first, in.second, in.call_id) == 0) {
+            ++stale_removed_;  // of no live call: a removal that failed once
         }
-        const std::uint64_t packets = call->offload_base.packets_in + in.counters.packets;
-        if (packets != call->packets_in) {
-            call->last_activity = now;
-        }
-        call->packets_in = packets;
-        call->bytes_in = call->offload_base.bytes_in + gre_bytes(in.counters);
     }
     for (const offload::KeyedCounters& out : snapshot.outbound) {
         nat::Call* call = table.find_outbound(out.first, out.second, out.call_id);
-        if (!current(call)) {
-            if (call == nullptr && nft_.remove_outbound(out.first, out.second, out.call_id) == 0) {
-                ++stale_removed_;
-            }
-            continue;
+        if (current(call)) {
+            take_counters(*call, out.counters, false, now);
+        } else if (call == nullptr && nft_.remove_outbound(out.first, out.second, out.call_id) == 0) {
+            ++stale_removed_;
         }
-        const std::uint64_t packets = call->offload_base.packets_out + out.counters.packets;
-        if (packets != call->packets_out) {
-            call->last_activity = now;
-        }
-        call->packets_out = packets;
-        call->bytes_out = call->offload_base.bytes_out + gre_bytes(out.counters);
     }
 }
 
