@@ -19,10 +19,11 @@ using namespace fuzzing;
 namespace {
 
 // Positions (stream offsets) that lie in a Call ID field of a message, framing
-// the stream from its start as the agent does.
-std::vector<bool> call_id_positions(const Bytes& stream) {
+// the stream from `from` (its start, or where the agent picked it up) as the
+// agent does.
+std::vector<bool> call_id_positions(const Bytes& stream, std::size_t from = 0) {
     std::vector<bool> allowed(stream.size(), false);
-    std::size_t at = 0;
+    std::size_t at = from;
     while (at + pptp::kHeaderSize <= stream.size()) {
         const auto check = pptp::check_header(std::span<const std::uint8_t>(stream).subspan(at, pptp::kHeaderSize));
         if (check.error != pptp::HeaderError::None) {
@@ -45,10 +46,10 @@ struct Field {
     bool own;              // the sender's Call ID (else the receiver's)
 };
 
-// Call ID fields of the messages framed from the stream's start.
-std::vector<Field> call_id_fields(const Bytes& stream) {
+// Call ID fields of the messages framed from `from`.
+std::vector<Field> call_id_fields(const Bytes& stream, std::size_t from = 0) {
     std::vector<Field> fields;
-    std::size_t at = 0;
+    std::size_t at = from;
     while (at + pptp::kHeaderSize <= stream.size()) {
         const auto check = pptp::check_header(std::span<const std::uint8_t>(stream).subspan(at, pptp::kHeaderSize));
         if (check.error != pptp::HeaderError::None) {
@@ -83,8 +84,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     streams[0] = in.ConsumeBytes<std::uint8_t>(in.ConsumeIntegralInRange<std::size_t>(0, 600));
     streams[1] = in.ConsumeBytes<std::uint8_t>(in.ConsumeIntegralInRange<std::size_t>(0, 600));
     const std::uint32_t isn[2] = {in.ConsumeIntegral<std::uint32_t>(), in.ConsumeIntegral<std::uint32_t>()};
-    const std::vector<bool> allowed[2] = {call_id_positions(streams[0]), call_id_positions(streams[1])};
-    const std::vector<Field> fields[2] = {call_id_fields(streams[0]), call_id_fields(streams[1])};
+    std::vector<bool> allowed[2] = {call_id_positions(streams[0]), call_id_positions(streams[1])};
+    std::vector<Field> fields[2] = {call_id_fields(streams[0]), call_id_fields(streams[1])};
     const nat::ConnectionKey key{client, server, port, 1723};
     std::map<std::uint32_t, std::uint8_t> seen[2];  // stream offset -> byte sent
 
@@ -103,7 +104,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
     // A connection the agent forgot (a timeout) and picked up again is a new
     // one: its bytes may leave with other rewrites than the old one's.
+    // Such a connection is picked up at a segment that starts a message, in
+    // each direction: its framing starts there.
     std::uint64_t connection_seen = 0;
+    bool had_connection = false;
+    bool reframe[2] = {false, false};
     auto check_output = [&](int dir, std::size_t offset, const Bytes& out) {
         check_leaving(out);
         const nat::ControlConnection* now_tracked = rig.table->find_connection(key);
@@ -112,6 +117,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             seen[0].clear();
             seen[1].clear();
             connection_seen = id;
+            if (id != 0 && had_connection) {
+                reframe[0] = reframe[1] = true;
+            }
+            had_connection = had_connection || id != 0;
+        }
+        if (reframe[dir] && !testpkt::tcp_payload(out).empty()) {
+            reframe[dir] = false;
+            allowed[dir] = call_id_positions(streams[dir], offset);
+            fields[dir] = call_id_fields(streams[dir], offset);
         }
         const Bytes payload = testpkt::tcp_payload(out);
         for (std::size_t i = 0; i < payload.size(); ++i) {
