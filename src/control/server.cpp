@@ -15,8 +15,14 @@ namespace control {
 namespace {
 
 bool is_events_request(const std::string& line) {
+    // Never throws: a request of any shape goes on to respond(), which
+    // answers bad ones with an error.
     const auto request = nlohmann::json::parse(line, nullptr, false);
-    return request.is_object() && request.value("command", std::string()) == "events";
+    if (!request.is_object()) {
+        return false;
+    }
+    const auto command = request.find("command");
+    return command != request.end() && command->is_string() && command->get<std::string>() == "events";
 }
 
 }  // namespace

@@ -119,6 +119,20 @@ TEST_F(EventStream, AFollowerThatDoesNotReadLosesEventsAndIsToldHowMany) {
     EXPECT_EQ(lines[1]["event"], "after");
 }
 
+TEST_F(EventStream, RequestsOfAnyShapeAreAnsweredNotThrown) {
+    for (const char* request : {"{\"command\": 5}\n", "{\"command\": null}\n", "[\"events\"]\n", "events\n"}) {
+        const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::strncpy(addr.sun_path, (dir + "/s.sock").c_str(), sizeof(addr.sun_path) - 1);
+        ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+        ASSERT_GT(write(fd, request, std::strlen(request)), 0);
+        clients.push_back(fd);
+        ASSERT_NO_THROW(turn()) << request;
+        EXPECT_EQ(server->subscribers(), 0u) << request;
+    }
+}
+
 TEST_F(EventStream, FollowersLeaveRoomForRequests) {
     for (std::size_t i = 0; i < control::Server::kMaxSubscribers; ++i) follower();
     turn();
