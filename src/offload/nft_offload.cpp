@@ -326,7 +326,6 @@ struct NftOffload::Batch {
     std::vector<char> data;
     std::uint32_t last_sequence = 0;
     std::size_t last_offset = 0;
-    std::size_t messages = 0;
 
     // Room for one message of at most `room` bytes at the tail.
     char* tail(std::size_t room) {
@@ -428,7 +427,6 @@ void append(Batch& batch, std::uint16_t type, std::uint16_t flags, std::uint32_t
     batch.last_offset = batch.used;
     batch.advance(nlh);
     batch.last_sequence = seq;
-    ++batch.messages;
 }
 
 }  // namespace
