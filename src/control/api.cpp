@@ -95,6 +95,9 @@ nlohmann::json stats(ApiContext& ctx) {
     if (ctx.fixup_ports) {
         result["fixup_ports"] = ctx.fixup_ports();
     }
+    if (ctx.ha_stats) {
+        result["ha"] = ctx.ha_stats();
+    }
     if (ctx.offload_stats) {
         result["offload"] = ctx.offload_stats();
     }
@@ -151,6 +154,27 @@ nlohmann::json clear(const nlohmann::json& request, ApiContext& ctx) {
     }
     ctx.table.remove_call(*call, nat::TeardownReason::Cleared);
     return {{"ok", true}, {"cleared", 1}};
+}
+
+nlohmann::json ha(const nlohmann::json& request, ApiContext& ctx) {
+    const auto* action = request.contains("action") && request["action"].is_string()
+                             ? request["action"].get_ptr<const std::string*>()
+                             : nullptr;
+    if (action == nullptr || (*action != "adopt" && *action != "status")) {
+        return error("ha needs \"action\": \"adopt\" or \"status\"");
+    }
+    if (!ctx.ha_stats || !ctx.ha_adopt) {
+        return error("high availability is off (pptp-fixupd --ha-sync connlabel)");
+    }
+    if (*action == "adopt") {
+        nlohmann::json result = ctx.ha_adopt();
+        result["ok"] = !result.value("dump_failed", false);
+        if (!result["ok"].get<bool>()) {
+            result["error"] = "cannot read the conntrack table: " + result.value("dump_error", std::string("?"));
+        }
+        return result;
+    }
+    return {{"ok", true}, {"ha", ctx.ha_stats()}};
 }
 
 }  // namespace
@@ -236,7 +260,11 @@ nlohmann::json handle_request(const nlohmann::json& request, ApiContext& context
     if (command == "clear") {
         return clear(request, context);
     }
-    return error("unknown command \"" + command + "\" (known: sessions, connections, stats, metrics, fixup, clear)");
+    if (command == "ha") {
+        return ha(request, context);
+    }
+    return error("unknown command \"" + command +
+                 "\" (known: sessions, connections, stats, metrics, fixup, clear, ha)");
 }
 
 }  // namespace control

@@ -28,6 +28,10 @@ struct ApiContext {
     // Brings counters kept elsewhere (the kernel's, for offloaded calls)
     // into the table before an audit; may be empty.
     std::function<void()> refresh;
+    // --ha-sync: its counters ({"mode": "connlabel", ...}) and a run of the
+    // adoption from conntrack labels ("pptp-fixupctl ha adopt"); may be empty.
+    std::function<nlohmann::json()> ha_stats;
+    std::function<nlohmann::json()> ha_adopt;
 };
 
 [[nodiscard]] nlohmann::json session_json(const nat::Call& call, nat::Instant now);

@@ -48,6 +48,11 @@ COMMANDS
       Disabling a port tears down its control connections and their calls.
   clear session ID | clear all
       tear down one call (ID from "sessions") or every call and connection.
+  ha adopt | ha status
+      with pptp-fixupd --ha-sync connlabel: adopt now the calls that the
+      conntrack table's labels name (after conntrackd committed the other
+      gateway's entries; keepalived's notify script runs it), or show the
+      label counters.
   events
       follow what happens as it happens, one line each, until interrupted
       (like conntrack -E): calls built, torn down, refused and left in the
@@ -342,6 +347,11 @@ int main(int argc, char** argv) {
             } else {
                 throw UsageError("usage: pptp-fixupctl clear session ID | clear all");
             }
+        } else if (command == "ha") {
+            if (rest.size() != 1 || (rest[0] != "adopt" && rest[0] != "status")) {
+                throw UsageError("usage: pptp-fixupctl ha adopt|status");
+            }
+            request["action"] = rest[0];
         } else if (command == "events") {
             if (!rest.empty()) {
                 throw UsageError("'events' takes no arguments");
@@ -369,6 +379,15 @@ int main(int argc, char** argv) {
                 std::cout << ' ' << p;
             }
             std::cout << (reply["fixup_ports"].empty() ? " (none)\n" : "\n");
+        } else if (command == "ha" && reply.contains("ha")) {
+            for (const auto& [name, value] : reply["ha"].items()) {
+                std::cout << name << ' ' << (value.is_string() ? value.get<std::string>() : value.dump()) << '\n';
+            }
+        } else if (command == "ha") {
+            std::cout << "adopted " << reply.value("adopted", 0) << " call(s) from "
+                      << reply.value("labelled_connections", 0) << " labelled connection(s); "
+                      << reply.value("already_known", 0) << " already here, " << reply.value("conflicts", 0)
+                      << " in conflict, " << reply.value("invalid_labels", 0) << " label(s) not ours or damaged\n";
         } else if (command == "clear") {
             std::cout << "cleared " << reply.value("cleared", 0) << " session(s)\n";
         } else {

@@ -74,9 +74,15 @@ void EventLog::publish(nlohmann::json event) const {
 void EventLog::call_built(const nat::Call& call) {
     logging::write(logging::Level::Info, "302017", "Built " + describe_call(call));
     publish({{"event", "call-built"}, {"session", control::session_json(call, std::chrono::steady_clock::now())}});
+    if (next_ != nullptr) {
+        next_->call_built(call);
+    }
 }
 
 void EventLog::call_torn_down(const nat::Call& call, nat::TeardownReason reason) {
+    if (next_ != nullptr) {
+        next_->call_torn_down(call, reason);
+    }
     std::ostringstream s;
     if (reason == nat::TeardownReason::Shutdown && call.offloaded) {
         s << "Left in the kernel " << describe_call(call) << " packets in " << call.packets_in << " out "
@@ -207,14 +213,30 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
     queue_ = std::make_unique<nfq::Queue>(queue_config);
 
     api_ = std::make_unique<control::ApiContext>(
-        control::ApiContext{*table_, counters_, *handler_, [this] { return io_stats(); },
+        control::ApiContext{*table_,
+                            counters_,
+                            *handler_,
+                            [this] { return io_stats(); },
                             [this](std::uint16_t port, bool enable) { return set_fixup_port(port, enable); },
-                            [this] { return fixup_ports(); }, [this] { return offload_stats(); },
+                            [this] { return fixup_ports(); },
+                            [this] { return offload_stats(); },
                             [this] {
                                 if (offload_) {
                                     offload_->refresh(*table_);
                                 }
-                            }});
+                            },
+                            {},
+                            {}});
+    if (options_.ha_sync == daemon_options::Options::HaSync::Connlabel) {
+        try {
+            ha_ = std::make_unique<HaLabelSync>();
+        } catch (const nfq::ConntrackError& e) {
+            throw std::runtime_error(std::string("--ha-sync connlabel: ") + e.what());
+        }
+        events_.set_next(ha_.get());
+        api_->ha_stats = [this] { return ha_->stats(); };
+        api_->ha_adopt = [this] { return adopt_from_conntrack(); };
+    }
     control_ = std::make_unique<control::Server>(options_.control_socket, [this](const nlohmann::json& request) {
         return control::handle_request(request, *api_);
     });
@@ -232,6 +254,10 @@ Agent::Agent(const daemon_options::Options& options, std::vector<std::string> ar
     // With the queue bound (packets wait there meanwhile) and the control
     // socket ours (no other agent runs with it).
     start_offload();
+    if (ha_) {
+        // After the offload is up, which takes what it can of them.
+        (void)adopt_from_conntrack();
+    }
     if (!options_.metrics_file.empty()) {
         write_metrics_file();  // at once: a missing directory shows at start
     }
@@ -406,7 +432,34 @@ nfq::SinkVerdict Agent::on_packet(const nfq::PacketMeta& meta, std::span<std::ui
 }
 
 RulesSettings Agent::rules_settings() const {
-    return RulesSettings{options_.rules_command, options_.outside_interfaces, options_.queue, options_.offload_mark};
+    return RulesSettings{options_.rules_command, options_.outside_interfaces, options_.queue, options_.offload_mark,
+                         options_.ha_sync == daemon_options::Options::HaSync::Connlabel};
+}
+
+nlohmann::json Agent::adopt_from_conntrack() {
+    const AdoptionReport report = ha_->adopt(*table_, options_.public_address);
+    std::string line = "conntrack labels: " + std::to_string(report.entries) + " labelled connection(s), " +
+                       std::to_string(report.adopted) + " call(s) adopted, " + std::to_string(report.already_known) +
+                       " already here, " + std::to_string(report.conflicts) + " in conflict, " +
+                       std::to_string(report.invalid_labels) + " label(s) not ours or damaged";
+    if (report.dump_failed) {
+        line += "; the dump failed: " + std::string(std::strerror(report.error));
+    }
+    logging::write(report.dump_failed || report.conflicts > 0 ? logging::Level::Warning : logging::Level::Notice,
+                   "302030", line);
+    events_.publish({{"event", "ha-adopt"},
+                     {"labelled_connections", report.entries},
+                     {"adopted", report.adopted},
+                     {"already_known", report.already_known},
+                     {"conflicts", report.conflicts},
+                     {"invalid_labels", report.invalid_labels}});
+    nlohmann::json result = {{"labelled_connections", report.entries},  {"adopted", report.adopted},
+                             {"already_known", report.already_known},   {"conflicts", report.conflicts},
+                             {"invalid_labels", report.invalid_labels}, {"dump_failed", report.dump_failed}};
+    if (report.dump_failed) {
+        result["dump_error"] = std::strerror(report.error);
+    }
+    return result;
 }
 
 std::vector<std::uint16_t> Agent::fixup_ports() const {

@@ -10,6 +10,7 @@
 #include "common/log.hpp"
 #include "control/api.hpp"
 #include "control/server.hpp"
+#include "daemon/ha_sync.hpp"
 #include "daemon/offload_bridge.hpp"
 #include "daemon/options.hpp"
 #include "daemon/rules.hpp"
@@ -36,10 +37,13 @@ public:
     void call_refused(const nat::ControlConnection& conn, std::uint16_t call_id, nat::DropReason reason) override;
     // Where events also go (pptp-fixupctl events); empty: nowhere.
     void set_publisher(std::function<void(nlohmann::json)> publish) { publish_ = std::move(publish); }
+    // Told of every call built and torn down after the log (--ha-sync).
+    void set_next(nat::TableObserver* next) noexcept { next_ = next; }
     void publish(nlohmann::json event) const;
 
 private:
     std::function<void(nlohmann::json)> publish_;
+    nat::TableObserver* next_ = nullptr;
     logging::RateLimiter drop_limiter_{std::chrono::seconds(10), 1};
     // Protocol violations: one line per control connection per minute.
     logging::RateLimiter violation_limiter_{std::chrono::seconds(60), 1};
@@ -89,6 +93,7 @@ private:
     [[nodiscard]] nlohmann::json offload_stats() const;
     [[nodiscard]] std::uint64_t offload_poll_seconds() const;
     void write_metrics_file();
+    [[nodiscard]] nlohmann::json adopt_from_conntrack();
 
     daemon_options::Options options_;
     std::vector<std::string> argv_;
@@ -105,6 +110,7 @@ private:
     std::unique_ptr<nfq::LinkWatcher> link_watcher_;
     std::unique_ptr<offload::NftOffload> nft_;
     std::unique_ptr<GreOffloadBridge> offload_;  // null when GRE goes through the queue only
+    std::unique_ptr<HaLabelSync> ha_;            // --ha-sync connlabel
     std::string offload_off_reason_;
     std::string offload_summary_;
     bool metrics_failed_ = false;  // reported once until a write succeeds  // for the start-up log line

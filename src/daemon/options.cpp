@@ -115,6 +115,24 @@ GRE OFFLOAD
   earlier run offloaded and deletes the table: those calls go on through the
   queue.
 
+HIGH AVAILABILITY
+  An active/standby pair: keepalived (VRRP) moves the public address,
+  conntrackd (FTFW) syncs the kernel's conntrack table, so the TCP control
+  connections and their NAT survive. With --ha-sync connlabel each control
+  connection's calls (their inside, public and outside Call IDs; two per
+  connection) ride in a conntrack label (connlabel, 128 bits) on its own
+  entry, which conntrackd syncs with it; no protocol of the agent's own.
+  The label is rewritten as calls are built and torn down, and left as it
+  is at a shutdown. Once conntrackd has committed the entries into the
+  standby's kernel (keepalived's notify script: conntrackd -c), "pptp-fixupctl
+  ha adopt" (also run at start) takes their calls in: they go on with the
+  same Call IDs, their control connections are picked up at their next
+  message, their counters start again at 0. The kernel gives an entry label
+  space only if it was created while a connlabel rule existed:
+  pptp-fixup-rules install --conntrack-labels (on both gateways, before
+  clients connect; --manage-rules passes it). Examples: the files under
+  /usr/share/doc/pptp-fixup/examples/ha.
+
 SEE ALSO
   pptp-fixup-rules(8), RFC 2637.
 )";
@@ -171,6 +189,7 @@ ParseResult parse(int argc, const char* const* argv) {
     std::vector<std::string> outsides;
     std::string local_gre = "auto";
     std::string gre_offload = "auto";
+    std::string ha_sync = "off";
     std::string offload_mark = "0x01000000";
     unsigned int offload_poll = 10;
     std::string user;
@@ -284,6 +303,10 @@ ParseResult parse(int argc, const char* const* argv) {
         ("offload-poll-interval",
          po::value<unsigned int>(&offload_poll)->value_name("SECONDS")->default_value(10),
          "seconds between readings of the offloaded calls' kernel counters (audit counters and idle timeouts)")
+        ("ha-sync", po::value<std::string>(&ha_sync)->value_name("MODE")->default_value("off"),
+         "failover to a standby gateway: connlabel (write each control connection's calls into a label on "
+         "its conntrack entry, which conntrackd syncs, and adopt calls from such labels at start and on "
+         "\"pptp-fixupctl ha adopt\"; the rules need --conntrack-labels, see HIGH AVAILABILITY) or off")
         ("queue-maxlen", po::value<std::uint32_t>(&opt.queue_max_length)->value_name("N")->default_value(4096),
          "packets the kernel may hold in the queue before it drops")
         ("burst", po::value<std::size_t>(&opt.burst)->value_name("N")->default_value(64),
@@ -424,6 +447,13 @@ ParseResult parse(int argc, const char* const* argv) {
         opt.gre_offload = Options::GreOffload::Off;
     } else {
         throw UsageError("invalid --gre-offload '" + gre_offload + "': expected auto, nft or off");
+    }
+    if (ha_sync == "connlabel") {
+        opt.ha_sync = Options::HaSync::Connlabel;
+    } else if (ha_sync == "off") {
+        opt.ha_sync = Options::HaSync::Off;
+    } else {
+        throw UsageError("invalid --ha-sync '" + ha_sync + "': expected connlabel or off");
     }
     {
         char* end = nullptr;

@@ -43,6 +43,10 @@ struct Options {
     GreOffload gre_offload = GreOffload::Auto;
     std::uint32_t offload_mark = 0x01000000;
     std::uint32_t offload_poll_seconds = 10;
+    // Each control connection's calls in a label on its conntrack entry, for
+    // a standby gateway (conntrackd syncs it).
+    enum class HaSync : std::uint8_t { Off, Connlabel };
+    HaSync ha_sync = HaSync::Off;
     nat::TableConfig table;
     nat::HandlerConfig handler;
 };

@@ -109,9 +109,13 @@ std::string apply_rules(const RulesSettings& settings, const std::vector<std::ui
     for (const auto& name : settings.outside_interfaces) {
         outsides += (outsides.empty() ? "" : ",") + name;
     }
-    return run({settings.command, "install", "--outside", outsides, "--queue", std::to_string(settings.queue),
-                "--ports", list, "--offload-mark", mark.data()},
-               timeout);
+    std::vector<std::string> args{
+        settings.command, "install", "--outside",      outsides,   "--queue", std::to_string(settings.queue),
+        "--ports",        list,      "--offload-mark", mark.data()};
+    if (settings.conntrack_labels) {
+        args.emplace_back("--conntrack-labels");
+    }
+    return run(args, timeout);
 }
 
 std::string remove_rules(const RulesSettings& settings, std::chrono::seconds timeout) {

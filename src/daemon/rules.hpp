@@ -14,6 +14,7 @@ struct RulesSettings {
     std::vector<std::string> outside_interfaces;
     std::uint16_t queue = 0;
     std::uint32_t offload_mark = 0x01000000;  // pptp-fixup-rules --offload-mark
+    bool conntrack_labels = false;            // pptp-fixup-rules --conntrack-labels (--ha-sync)
 };
 
 // The installer to run for `command`: as given when it names a path, else

@@ -361,6 +361,21 @@ void CallTable::set_outside_id(Call& call, std::uint16_t outside_id) {
     }
 }
 
+bool CallTable::offer_offload(Call& call) {
+    // Offloaded only when this call owns both GRE keys: a reply that repeats
+    // another call's Call ID leaves its GRE to that call (link_outbound).
+    if (offload_ == nullptr || call.offloaded || call.state != CallState::Established || !call.inside_known ||
+        !call.outside_known || find_inbound(call.outside_address, call.public_address, call.public_call_id) != &call ||
+        find_outbound(call.inside_address, call.outside_address, call.outside_call_id) != &call) {
+        return false;
+    }
+    call.offload_base = {call.packets_in, call.bytes_in, call.packets_out, call.bytes_out};
+    call.offloaded = offload_->offload(call);
+    call.offload_serial = ++offload_serial_;
+    counters_.add(call.offloaded ? EventCounter::calls_offloaded : EventCounter::calls_offload_failed);
+    return call.offloaded;
+}
+
 void CallTable::mark_established(Call& call) {
     if (call.state == CallState::Established) {
         return;
@@ -368,16 +383,7 @@ void CallTable::mark_established(Call& call) {
     call.state = CallState::Established;
     call.last_activity = clock_.now();
     counters_.add(EventCounter::calls_built);
-    // Offloaded only when this call owns both GRE keys: a reply that repeats
-    // another call's Call ID leaves its GRE to that call (link_outbound).
-    if (offload_ != nullptr && call.inside_known && call.outside_known &&
-        find_inbound(call.outside_address, call.public_address, call.public_call_id) == &call &&
-        find_outbound(call.inside_address, call.outside_address, call.outside_call_id) == &call) {
-        call.offload_base = {call.packets_in, call.bytes_in, call.packets_out, call.bytes_out};
-        call.offloaded = offload_->offload(call);
-        call.offload_serial = ++offload_serial_;
-        counters_.add(call.offloaded ? EventCounter::calls_offloaded : EventCounter::calls_offload_failed);
-    }
+    offer_offload(call);
     if (observer_ != nullptr) {
         observer_->call_built(call);
     }

@@ -274,6 +274,9 @@ public:
     // message). nullptr when it conflicts with a call already here or a
     // limit is reached; the call is then not the table's.
     Call* adopt_call(const AdoptedCall& adopted);
+    // Hands an established call that owns both its GRE keys to the offload
+    // (set_offload); true when it took it. mark_established does this.
+    bool offer_offload(Call& call);
     // New calls get this public address; live calls keep theirs.
     void set_public_address(std::uint32_t address) noexcept { config_.public_address = address; }
     [[nodiscard]] Instant now() const { return clock_.now(); }

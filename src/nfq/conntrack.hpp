@@ -2,7 +2,9 @@
 // (libnetfilter_conntrack): how the kernel's NAT mapped a TCP connection.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -25,6 +27,17 @@ struct ConntrackTuples {
     std::uint32_t reply_destination = 0;
 };
 
+// A TCP entry that carries a conntrack label (connlabel): its tuples,
+// ports, and the label's 128 bits (byte i, bit j = label bit 8*i + j).
+struct LabelledEntry {
+    ConntrackTuples tuples;
+    std::uint16_t original_source_port = 0;
+    std::uint16_t original_destination_port = 0;
+    std::uint16_t reply_source_port = 0;
+    std::uint16_t reply_destination_port = 0;
+    std::array<std::uint8_t, 16> label{};
+};
+
 class ConntrackTable {
 public:
     // Opens the ctnetlink socket (the kernel loads ctnetlink on demand).
@@ -42,6 +55,15 @@ public:
     // nullopt when there is none.
     [[nodiscard]] std::optional<ConntrackTuples> find_tcp(std::uint32_t source, std::uint16_t source_port,
                                                           std::uint32_t destination, std::uint16_t destination_port);
+    // Replaces the label of that entry (found as find_tcp finds it). False
+    // when there is no such entry or the kernel refused (ENOSPC: the entry
+    // was created while no connlabel user existed, so it has no label
+    // space); see last_error().
+    bool set_tcp_label(std::uint32_t source, std::uint16_t source_port, std::uint32_t destination,
+                       std::uint16_t destination_port, const std::array<std::uint8_t, 16>& label);
+    // Every IPv4 TCP entry with a label that is not all zero. Returns false
+    // when the dump failed (last_error()); `each` has seen what came before.
+    bool for_each_labelled_tcp(const std::function<void(const LabelledEntry&)>& each);
     [[nodiscard]] std::uint64_t lookups() const noexcept { return lookups_; }
     [[nodiscard]] std::uint64_t failures() const noexcept { return failures_; }
     // errno of the last lookup that failed other than "no such entry"; 0 if none.

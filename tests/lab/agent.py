@@ -71,8 +71,11 @@ class Agent:
     # them, as a lab.topology does, else its one ``outside_if``); each is an
     # --outside of the daemon, and pptp-fixup-rules gets them as a comma list.
     def __init__(self, lab, queue=QUEUE, ports=(1723,), extra_args=(), config=None,
-                 call_id_allocation="random", env=None, gre_offload=None, outside=None, daemon=None):
+                 call_id_allocation="random", env=None, gre_offload=None, outside=None, daemon=None,
+                 rules_args=()):
         self.lab = lab
+        # More pptp-fixup-rules install arguments (e.g. --conntrack-labels).
+        self.rules_args = list(rules_args)
         # Another pptp-fixupd executable (a copy installed elsewhere): then
         # no --rules-command is given, the daemon finds its installer itself.
         self.daemon = daemon
@@ -105,7 +108,7 @@ class Agent:
         self.lab.router_exec([RULES_TOOL, "install", "--outside", ",".join(self.outside),
                               "--queue", str(self.queue),
                               "--ports", ",".join(str(p) for p in self.ports),
-                              "--rules", RULES_FILE])
+                              "--rules", RULES_FILE] + self.rules_args)
 
     def remove_rules(self):
         # Also deletes the offload table, with this build's pptp-fixupd.

@@ -45,6 +45,8 @@ protected:
                                     return ports;
                                 },
                                 {},
+                                {},
+                                {},
                                 {}});
     }
     Call* add_call(std::uint32_t client, std::uint16_t inside_id, std::uint16_t outside_id) {
