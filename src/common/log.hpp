@@ -1,8 +1,12 @@
 // Logging to stderr, which systemd-journald or a terminal picks up. Messages
 // that describe events carry a stable ID (like ASA's 302017) so they can be
-// grepped and alerted on.
+// grepped and alerted on. When stderr is the journal's stream (systemd says
+// so in JOURNAL_STREAM), each line goes to the journal as structured fields
+// instead: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER and, for a message with an
+// ID, PPTP_EVENT=<ID> and MESSAGE_ID=<message_id(ID)>.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -18,7 +22,23 @@ void set_level(Level level) noexcept;
 [[nodiscard]] bool parse_level(std::string_view text, Level& out) noexcept;
 
 // `id` is the stable message ID (e.g. "302017"), or empty for plain messages.
+// Thread-safe: one write (or one journal datagram) per line.
 void write(Level level, std::string_view id, std::string_view message);
+
+// The journal's MESSAGE_ID (128 bits as 32 lowercase hex digits, NUL
+// terminated) of the stable ID `id`: a fixed 20-digit prefix, then `id`
+// zero-padded to 12 digits ("302017" -> "7c1e4a0b9d2f4c38a5e6000000302017").
+// All NULs when `id` is empty, longer than 12 or not all decimal digits.
+inline constexpr std::string_view kMessageIdPrefix = "7c1e4a0b9d2f4c38a5e6";
+using MessageId = std::array<char, 33>;
+[[nodiscard]] MessageId message_id(std::string_view id) noexcept;
+
+// Whether JOURNAL_STREAM's value ("<device>:<inode>", decimal) names the
+// file with this device and inode number: systemd's documented test that
+// stderr really is the journal stream and not inherited by a child whose
+// stderr went elsewhere.
+[[nodiscard]] bool journal_stream_matches(std::string_view journal_stream, std::uint64_t device,
+                                          std::uint64_t inode) noexcept;
 
 // Lets the first `burst` events of a key through per `interval`, then counts
 // the rest and reports how many were held back when the window reopens.
