@@ -21,8 +21,9 @@ and synthetic clients holding calls open:
     sudo /usr/bin/python3 tests/integration/test_ha_labels.py [-v]
 """
 
+import json
 import os
-import subprocess
+import struct
 import sys
 import time
 import unittest
@@ -44,13 +45,47 @@ def log(*a):
     print("    [ha-labels]", *a, flush=True)
 
 
-def labelled_entries(lab):
-    """{(inside, inside_port): label bytes (hex)} of TCP entries to 1723 that
-    carry a label, from conntrack -L (its 'labels' output needs no names
-    when printed in hex with -o labels? it prints names), so: our dump."""
-    out = lab.router_exec(["conntrack", "-L", "-p", "tcp", "--dport", "1723", "-o", "extended,labels"],
-                          check=False).stdout
-    return out
+def ctnetlink(lab, *args):
+    """lab.ctnetlink in the router namespace."""
+    r = lab.router_exec(["env", "PYTHONPATH=" + TESTS, sys.executable, "-m", "lab.ctnetlink"] + list(args))
+    return r.stdout
+
+
+def labels(lab):
+    """{inside address: (original tuple, label bytes)} of labelled entries."""
+    return {e["original"]["src"]: (e["original"], bytes.fromhex(e["label"]))
+            for e in json.loads(ctnetlink(lab, "dump"))}
+
+
+def crc8(label):
+    crc = 0
+    for i, byte in enumerate(label):
+        if i == 3:
+            continue
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+def label_calls(label):
+    """The (inside, public, outside) Call IDs a label of ours names."""
+    assert label[0] == 0xB7 and label[1] >> 4 == 1 and crc8(label) == label[3], label.hex()
+    return [struct.unpack("!HHH", label[4 + 6 * i:10 + 6 * i]) for i in range(label[2] & 3)]
+
+
+def forged_label(inside_id, public_id, outside_id):
+    """A well-formed label (one outgoing call, PNS inside) of someone else's."""
+    b = bytearray(16)
+    b[0], b[1], b[2] = 0xB7, 0x12, 0x11
+    b[4:10] = struct.pack("!HHH", inside_id, public_id, outside_id)
+    b[3] = crc8(b)
+    return bytes(b)
+
+
+def set_label(lab, original, label):
+    ctnetlink(lab, "set", original["src"], str(original["sport"]), original["dst"], str(original["dport"]),
+              label.hex())
 
 
 def triple(s):
@@ -85,7 +120,12 @@ class HaLabels(unittest.TestCase):
             log("written:", ha)
             self.assertGreaterEqual(ha["labels_written"], 2, ha)
             self.assertEqual(ha["label_write_failures"], 0, ha)
-            print(labelled_entries(lab))
+            # The kernel's entries carry exactly the sessions' Call IDs.
+            found = labels(lab)
+            self.assertEqual(sorted(found), [netns.client_addr(1), netns.client_addr(2)], found)
+            for s in lab.agent.sessions():
+                self.assertEqual(label_calls(found[s["inside_address"]][1]),
+                                 [(s["inside_call_id"], s["public_call_id"], s["outside_call_id"])])
             self.assertEqual(lab.agent.stop(), 0)
             # Nothing translates the calls now (queue path only): their GRE
             # stalls, it does not leak.
@@ -100,10 +140,73 @@ class HaLabels(unittest.TestCase):
             # A second run finds them here already.
             r = lab.agent.ctl_json("ha", "adopt")
             self.assertEqual((r["adopted"], r["already_known"]), (0, 2), r)
-            for c in calls:
-                r = c.finish("clear")
-                self.assertEqual(r.get("returncode"), 0, r)
+            # A call that ends leaves its label with no call: adopting again
+            # brings nothing back.
+            r = calls[0].finish("clear")
+            self.assertEqual(r.get("returncode"), 0, r)
+            wait_until(lambda: len(lab.agent.sessions()) == 1, 10, "client 1's call to end")
+            wait_until(lambda: label_calls(labels(lab)[netns.client_addr(1)][1]) == [], 10,
+                       "client 1's label to name no call")
+            r = lab.agent.ctl_json("ha", "adopt")
+            self.assertEqual((r["adopted"], r["already_known"]), (0, 1), r)
+            self.assert_echo(calls[1], 3, "client 2 after client 1 ended")
+            r = calls[1].finish("clear")
+            self.assertEqual(r.get("returncode"), 0, r)
             wait_until(lambda: not lab.agent.sessions(), 10, "the calls to end")
+
+    def test_2_labels_not_ours_are_not_adopted(self):
+        with Lab(clients=2, mode="agent", **agent_hooks(gre_offload="off", extra_args=HA,
+                                                        rules_args=LABELS)) as lab:
+            lab.start_pptpd()
+            calls = self.start_calls(lab, (1, 2))
+            sessions = {s["inside_address"]: s for s in lab.agent.sessions()}
+            c1, c2 = netns.client_addr(1), netns.client_addr(2)
+            found = labels(lab)
+            self.assertEqual(lab.agent.stop(), 0)
+            # Another user's label bit on client 1's entry (bit 100): the
+            # label no longer checks out, its call is not adopted.
+            original, label = found[c1]
+            damaged = bytearray(label)
+            damaged[12] |= 0x10
+            set_label(lab, original, bytes(damaged))
+            lab.agent.start()
+            ha = lab.agent.stats()["ha"]
+            log("with a damaged label:", ha)
+            self.assertEqual((ha["calls_adopted"], ha["invalid_labels"]), (1, 1), ha)
+            self.assertEqual([triple(s) for s in lab.agent.sessions()], [triple(sessions[c2])])
+            self.assert_echo(calls[1], 3, "client 2, adopted")
+            r = calls[0].send(2)
+            self.assertEqual(r["echoed_new"], 0, "client 1's call was not adopted, yet it echoes: %s" % r)
+            self.assertEqual(r["gre_rx_foreign"], 0, r)
+            self.assertGreater(lab.agent.stats()["dropped"]["gre_no_matching_call"], 0)
+            # A well-formed label forged on client 1's entry that names client
+            # 2's public Call ID (at the same server): refused as a conflict,
+            # client 2's call keeps its GRE.
+            set_label(lab, original, forged_label(0x4242, sessions[c2]["public_call_id"],
+                                                  sessions[c2]["outside_call_id"] ^ 1))
+            r = lab.agent.ctl_json("ha", "adopt")
+            log("with a forged label:", r)
+            self.assertEqual((r["adopted"], r["conflicts"], r["already_known"]), (0, 1, 1), r)
+            self.assertEqual([triple(s) for s in lab.agent.sessions()], [triple(sessions[c2])])
+            self.assert_echo(calls[1], 3, "client 2 after the forged label")
+            r = calls[1].finish("clear")
+            self.assertEqual(r.get("returncode"), 0, r)
+            calls[0].finish("close")
+
+    def test_3_entries_without_label_space_are_reported(self):
+        # No --conntrack-labels: the kernel gave the entries no label space.
+        with Lab(clients=1, mode="agent", **agent_hooks(gre_offload="off", extra_args=HA)) as lab:
+            lab.start_pptpd()
+            calls = self.start_calls(lab, (1,))
+            ha = lab.agent.stats()["ha"]
+            log("without label space:", ha)
+            self.assertEqual(ha["labels_written"], 0, ha)
+            self.assertGreaterEqual(ha["label_write_failures"], 1, ha)
+            self.assertEqual(ha["last_write_error"], os.strerror(28), ha)   # ENOSPC
+            self.assertIn("--conntrack-labels", lab.agent.output())
+            self.assert_echo(calls[0], 3, "the call itself")
+            r = calls[0].finish("clear")
+            self.assertEqual(r.get("returncode"), 0, r)
 
 
 if __name__ == "__main__":
