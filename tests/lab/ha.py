@@ -56,7 +56,7 @@ import time
 
 from . import netns
 from . import topology
-from .agent import RULES_FILE, RULES_TOOL, Agent, bin_dir
+from .agent import RULES_TOOL, Agent, bin_dir
 from .netns import LabError
 
 REPO = os.path.dirname(os.path.dirname(netns.LAB_DIR))
@@ -279,23 +279,25 @@ CONNLABEL_RULE = ["-t", "mangle", "-A", "PREROUTING", "-m", "connlabel", "--labe
 
 class HaAgent(Agent):
     """pptp-fixupd --ha-sync connlabel on one gateway of an HaPair; its
-    rules with --conntrack-labels (or the lab's own connlabel rule)."""
+    rules with --conntrack-labels (or, from an installer without it, the
+    lab's own connlabel rule)."""
 
     def __init__(self, lab, role, extra_args=(), **kw):
-        super().__init__(_GatewayView(lab, role), extra_args=["--ha-sync", "connlabel"] + list(extra_args), **kw)
+        self.own_label_rule = not installer_has_conntrack_labels()
+        super().__init__(_GatewayView(lab, role), extra_args=["--ha-sync", "connlabel"] + list(extra_args),
+                         rules_args=[] if self.own_label_rule else ["--conntrack-labels"], **kw)
         self.role = role
 
     def install_rules(self):
-        argv = [RULES_TOOL, "install", "--outside", ",".join(self.outside), "--queue", str(self.queue),
-                "--ports", ",".join(str(p) for p in self.ports), "--rules", RULES_FILE]
-        if installer_has_conntrack_labels():
-            self.lab.router_exec(argv + ["--conntrack-labels"])
-        else:
-            self.lab.router_exec(argv)
+        super().install_rules()
+        if self.own_label_rule:
             self.lab.router_exec(["iptables", "-w"] + CONNLABEL_RULE)
 
     def ha_adopt(self):
         return self.ctl_json("ha", "adopt")
+
+    def ha_stats(self):
+        return self.stats()["ha"]
 
 
 class HaPair(topology.Topology):
