@@ -223,6 +223,15 @@ std::string metrics_text(ApiContext& ctx) {
     line("# HELP pptp_fixup_held_segments Control segments held back, waiting for the rest of a field or a gap.");
     line("# TYPE pptp_fixup_held_segments gauge");
     line("pptp_fixup_held_segments " + std::to_string(ctx.handler.held_segments()));
+    if (ctx.ha_stats) {
+        for (const auto& [name, value] : ctx.ha_stats().items()) {
+            if (value.is_number()) {
+                const std::string metric = "pptp_fixup_ha_" + name;
+                line("# TYPE " + metric + " counter");
+                line(metric + " " + value.dump());
+            }
+        }
+    }
     if (ctx.io_stats) {
         const nlohmann::json io = ctx.io_stats();
         for (const auto& [layer, values] : io.items()) {
