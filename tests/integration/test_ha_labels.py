@@ -13,6 +13,8 @@ and synthetic clients holding calls open:
   calls), adopts every call with the same Call IDs, and their GRE echoes
   again; a call torn down takes its Call IDs out of the label, and the last
   one leaves a label of no calls;
+- as on a standby (labels there, no offload table), adopted calls go to
+  this gateway's offload; a restart over its own table finds them known;
 - an entry whose label is not ours (another user's bits, a damaged label)
   is not adopted and is counted; without --conntrack-labels the entries
   have no label space and the agent says so (label_write_failures, ENOSPC)
@@ -32,7 +34,7 @@ TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TESTS)
 
 from lab import netns  # noqa: E402
-from lab.agent import agent_hooks  # noqa: E402
+from lab.agent import agent_hooks, bin_dir  # noqa: E402
 from lab.netns import Lab  # noqa: E402
 from lab.runner import run_tests, wait_until  # noqa: E402
 from lab.synthetic_pns import HeldCall  # noqa: E402
@@ -207,6 +209,36 @@ class HaLabels(unittest.TestCase):
             self.assert_echo(calls[0], 3, "the call itself")
             r = calls[0].finish("clear")
             self.assertEqual(r.get("returncode"), 0, r)
+
+    def test_4_adopted_calls_go_to_the_offload(self):
+        # As on a standby: the labels are there, the offload table is not
+        # (the other gateway's kernel had it). Adopted calls are offloaded
+        # here; a restart over this gateway's own table finds them known.
+        with Lab(clients=2, mode="agent", **agent_hooks(gre_offload="nft", extra_args=HA,
+                                                        rules_args=LABELS)) as lab:
+            lab.start_pptpd()
+            calls = self.start_calls(lab, (1, 2))
+            wait_until(lambda: all(s["offloaded"] for s in lab.agent.sessions()), 10, "both calls offloaded")
+            before = sorted(triple(s) for s in lab.agent.sessions())
+            self.assertEqual(lab.agent.stop(), 0)
+            lab.router_exec([os.path.join(bin_dir(), "pptp-fixupd"), "--remove-offload"])
+            lab.agent.start()
+            ha = lab.agent.stats()["ha"]
+            log("adopted onto a new offload table:", ha)
+            self.assertEqual(ha["calls_adopted"], 2, ha)
+            sessions = lab.agent.sessions()
+            self.assertEqual(sorted(triple(s) for s in sessions), before)
+            self.assertTrue(all(s["offloaded"] for s in sessions), sessions)
+            for c in calls:
+                self.assert_echo(c, 4, "offloaded after adoption")
+            self.assertEqual(lab.agent.stop(), 0)
+            lab.agent.start()
+            ha = lab.agent.stats()["ha"]
+            self.assertEqual((ha["calls_adopted"], ha["calls_already_known"]), (0, 2), ha)
+            for c in calls:
+                self.assert_echo(c, 2, "after a restart over the offload table")
+                r = c.finish("clear")
+                self.assertEqual(r.get("returncode"), 0, r)
 
 
 if __name__ == "__main__":
