@@ -26,9 +26,16 @@ damaged label of the agent's format. gw-a then fails as a dead gateway does
 - afterwards each client still echoes every frame; stopping the clients
   clears their calls through gw-b (its sessions empty) and both agents exit 0.
 
-Without a label space on the standby (no connlabel rule there) conntrackd's
-commit silently drops labels: the lab always installs the rules with
---conntrack-labels on both gateways (see packaging/ha/conntrackd.conf).
+ConntrackdLabels, without the agent (what the design rests on, measured
+with conntrackd 1.4.7): a label set on gw-a's entry (all 128 bits) reaches
+gw-b's external cache and "conntrackd -c" writes it into gw-b's kernel entry,
+but only if entries have label space there (no connlabel rule on gw-b: the
+commit succeeds and the label is silently dropped; hence --conntrack-labels
+on both gateways); a later change is carried to an entry already committed;
+a change to all zeros is not (the old label stays); after the takeover the
+TCP connection goes on through gw-b with its SNAT to the public VIP and the
+"be liberal" flag conntrackd's commit sets (TCPWindowTracking Off), with
+net.netfilter.nf_conntrack_tcp_be_liberal left at 0.
 
     sudo /usr/bin/python3 tests/integration/test_failover.py [-v]
 """
@@ -59,12 +66,29 @@ HOLDER = ("import socket,sys,time\n"
           "s=socket.create_connection((sys.argv[1],int(sys.argv[2])))\n"
           "print(s.getsockname()[1],flush=True)\n"
           "time.sleep(3600)\n")
+# One TCP connection driven from stdin: each line sent, its echo awaited
+# (up to 0.5 s), "ok" or "timeout" printed.
+PINGER = ("import socket,sys\n"
+          "s=socket.create_connection((sys.argv[1],int(sys.argv[2])))\n"
+          "print(s.getsockname()[1],flush=True)\n"
+          "s.settimeout(0.5)\n"
+          "for line in sys.stdin:\n"
+          "    s.sendall(line.encode())\n"
+          "    try:\n"
+          "        print('ok' if s.recv(4096) else 'eof',flush=True)\n"
+          "    except socket.timeout:\n"
+          "        print('timeout',flush=True)\n")
 LISTENER = ("import socket,sys,time\n"
             "s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
             "s.bind((sys.argv[1],int(sys.argv[2])));s.listen(16)\n"
-            "held=[]\n"
+            "def echo(c):\n"
+            "    while True:\n"
+            "        d=c.recv(4096)\n"
+            "        if not d: return\n"
+            "        c.sendall(d)\n"
+            "import threading\n"
             "while True:\n"
-            "    held.append(s.accept()[0])\n")
+            "    threading.Thread(target=echo,args=(s.accept()[0],),daemon=True).start()\n")
 
 
 def log(*a):
@@ -120,6 +144,84 @@ def damaged_label():
 FOREIGN_LABEL = bytes([0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40])   # someone else's bits 0, 126
 
 
+def start_plain_server(lab):
+    lab.spawn("server", [ha.PYTHON, "-c", LISTENER, ha.SERVER, str(PLAIN_PORT)],
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not wait_until(lambda: lab.listening_on("server", ha.SERVER, PLAIN_PORT), 5):
+        raise AssertionError("no listener on %s:%d" % (ha.SERVER, PLAIN_PORT))
+
+
+class ConntrackdLabels(unittest.TestCase):
+    """What the design rests on, without the agent (the Step 1 measurement,
+    kept): conntrackd 1.4.7 carries a TCP entry's conntrack label (all 128
+    bits) and its later changes to the standby, whose commit writes them
+    into the kernel, but only where entries have label space; a change to
+    all zeros is not carried; after the takeover the connection goes on,
+    with its SNAT and the "be liberal" flag of a committed entry."""
+
+    def test_labels_sync_and_commit(self):
+        with ha.HaPair(clients=1, agents=False, label_space=("gw-a",)) as lab:
+            start_plain_server(lab)
+            p = lab.spawn("client1", [ha.PYTHON, "-c", PINGER, ha.SERVER, str(PLAIN_PORT)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            port = int(p.stdout.readline())
+
+            def ping():
+                p.stdin.write(b"x\n")
+                p.stdin.flush()
+                return p.stdout.readline().strip().decode()
+            self.assertEqual(ping(), "ok")
+            orig = {"src": lab.addr_of("client1"), "dst": ha.SERVER, "proto": 6, "sport": port,
+                    "dport": PLAIN_PORT}
+
+            def entry(role):
+                found = [e for e in lab.ct_entries(role) if e.get("orig") == orig]
+                return found[0] if found else None
+
+            def commit_and_read():
+                time.sleep(0.5)         # the update reaches gw-b's external cache
+                lab.ctd("gw-b", "-c")
+                return entry("gw-b")
+
+            all_bits = bytes(range(0xF0, 0x100))       # bit 127 included
+            lab.ct_set_label("gw-a", orig, all_bits)
+            self.assertEqual(entry("gw-a")["labels"], all_bits.hex())
+            self.assertTrue(wait_until(lambda: "sport=%d dport=%d" % (port, PLAIN_PORT) in lab.ctd("gw-b", "-e"), 5))
+            e = commit_and_read()
+            self.assertIsNotNone(e)
+            self.assertIsNone(e["labels"], "gw-b has no connlabel rule: the commit drops the label")
+            log("no label space on the standby: committed without the label")
+
+            lab.exec("gw-b", ["conntrack", "-D", "-p", "tcp", "--orig-port-src", str(port)])
+            lab.give_label_space("gw-b")
+            e = commit_and_read()
+            self.assertEqual(e["labels"], all_bits.hex())
+            self.assertEqual(e["reply"]["dst"], ha.PUBLIC_VIP)     # the SNAT
+            log("label carried and committed:", e["labels"])
+
+            changed = bytes([0xB7]) + bytes(14) + b"\x01"
+            lab.ct_set_label("gw-a", orig, changed)
+            self.assertEqual(commit_and_read()["labels"], changed.hex(), "a change reaches the kernel entry")
+            lab.ct_set_label("gw-a", orig, bytes(16))
+            self.assertEqual(commit_and_read()["labels"], changed.hex(),
+                             "conntrackd 1.4.7 was measured not to carry a change to all zeros")
+            log("a change is carried, a change to all zeros is not")
+            lab.ct_set_label("gw-a", orig, changed)
+
+            t0 = time.monotonic()
+            lab.fail("gw-a")
+            lab.wait_master("gw-b", timeout=15)
+            self.assertTrue(wait_until(lambda: ping() == "ok", 20, step=0), "the connection after the takeover")
+            log("TCP through gw-b again after %.2f s (TCP's retransmission backoff)" % (time.monotonic() - t0))
+            e = entry("gw-b")
+            self.assertEqual(e["labels"], changed.hex())
+            self.assertEqual(e["reply"]["dst"], ha.PUBLIC_VIP)
+            self.assertTrue(e["tcp_flags_orig"] & 0x08 and e["tcp_flags_reply"] & 0x08, e)   # BE_LIBERAL
+            self.assertEqual(lab.exec("gw-b", ["sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal"]
+                                      ).stdout.strip(), "0")
+            p.stdin.close()
+
+
 class Failover(unittest.TestCase):
 
     def test_takeover_keeps_calls(self):
@@ -127,9 +229,7 @@ class Failover(unittest.TestCase):
             self.assertEqual(lab.master(), "gw-a")
             a, b = lab.agents["gw-a"], lab.agents["gw-b"]
             lab.start_pptpd_at("server")
-            lab.spawn("server", [ha.PYTHON, "-c", LISTENER, ha.SERVER, str(PLAIN_PORT)],
-                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            self.assertTrue(wait_until(lambda: lab.listening_on("server", ha.SERVER, PLAIN_PORT), 5))
+            start_plain_server(lab)
 
             roles = ["client%d" % i for i in range(1, CLIENTS + 1)]
             caps1 = captures(lab, roles, 1)
@@ -229,6 +329,8 @@ class Failover(unittest.TestCase):
                     self.assertEqual(c.exchange(5), 5, "client%d after the takeover" % c.index)
                 after = b.sessions()
                 log("gw-b sessions:", sorted(triple(s) for s in after))
+                self.assertTrue(wait_until(lambda: all(x["packets_in"] > 0 and x["packets_out"] > 0
+                                                       for x in b.sessions()), 5), b.sessions())
                 self.assertEqual(sorted(triple(s) for s in after), before)
                 self.assertTrue(all(s["public_address"] == ha.PUBLIC_VIP for s in after), after)
                 stats = b.ha_stats()

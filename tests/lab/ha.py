@@ -304,15 +304,19 @@ class HaPair(topology.Topology):
     """The pair (see the module docstring).  ``clients``: inside clients;
     ``agents``: run pptp-fixupd on both gateways (else only the rules'
     connlabel rule, so labels and conntrackd can be tried without it);
-    ``agent_args``: more arguments for both daemons."""
+    ``agent_args``: more arguments for both daemons; ``start``: start
+    keepalived (gw-a master, then gw-b backup); ``label_space``: without
+    agents, the gateways that get the connlabel rule."""
 
-    def __init__(self, clients=3, agents=True, agent_args=(), name_hint="", start=True):
+    def __init__(self, clients=3, agents=True, agent_args=(), name_hint="", start=True,
+                 label_space=GATEWAYS):
         super().__init__(mode="agent", agent_setup=self._setup, agent_teardown=self._teardown,
                          name_hint=name_hint)
         self.n_inside = clients
         self.with_agents = agents
         self.agent_args = list(agent_args)
         self.start_ha = start
+        self.label_space = tuple(label_space)   # without agents: gateways given the connlabel rule
         self.agents = {}
         self.keepalived = {}
         self.conntrackd = {}
@@ -399,8 +403,8 @@ class HaPair(topology.Topology):
                 self.agents[g] = agent
                 agent.install_rules()
                 agent.start()
-            else:
-                self.exec(g, ["iptables", "-w"] + CONNLABEL_RULE)
+            elif g in self.label_space:
+                self.give_label_space(g)
         for g in GATEWAYS:
             self.start_conntrackd(g)
         if self.start_ha:
@@ -408,6 +412,11 @@ class HaPair(topology.Topology):
             self.wait_master("gw-a", timeout=15)
             self.start_keepalived("gw-b")
             self.wait_state("gw-b", "backup", timeout=15)
+
+    def give_label_space(self, role):
+        """The lab's no-op connlabel rule: conntrack entries created from
+        now on in ``role`` get label space."""
+        self.exec(role, ["iptables", "-w"] + CONNLABEL_RULE)
 
     def start_conntrackd(self, role, wait=10.0):
         log = open(os.path.join(self.gw_dir(role), "conntrackd.out"), "ab")
