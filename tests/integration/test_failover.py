@@ -234,6 +234,7 @@ class Failover(unittest.TestCase):
             roles = ["client%d" % i for i in range(1, CLIENTS + 1)]
             caps1 = captures(lab, roles, 1)
             clients = [RealClient(lab, i, server=ha.SERVER) for i in range(1, CLIENTS + 1)]
+            stop_probes = threading.Event()
             try:
                 for c in clients:
                     c.start()
@@ -297,7 +298,7 @@ class Failover(unittest.TestCase):
                 recovered = {}
 
                 def probe(c):
-                    while time.monotonic() - m0 < GIVE_UP:
+                    while time.monotonic() - m0 < GIVE_UP and not stop_probes.is_set():
                         if c.exchange(1, timeout=PROBE_TIMEOUT, interval=0) == 1:
                             recovered[c.index] = time.monotonic() - m0
                             return
@@ -370,6 +371,8 @@ class Failover(unittest.TestCase):
                                                 (ha.SERVER, addr): {s["inside_call_id"]}}, "%s: %s" % (phase, r))
                 log("captures: the same Call IDs at the clients and the server before and after")
             finally:
+                stop_probes.set()
+                time.sleep(PROBE_TIMEOUT + 0.1)     # a probe under way ends
                 results = [c.stop() for c in clients]
             for r in results:
                 self.assertFalse(r.exited_early, r.stderr)

@@ -427,7 +427,8 @@ class HaPair(topology.Topology):
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if p.poll() is not None:
-                raise LabError("conntrackd in %s exited with %s: %s" % (role, p.returncode, self._file(role, "conntrackd.log")))
+                raise LabError("conntrackd in %s exited with %s: %s" % (
+                    role, p.returncode, self._file(role, "conntrackd.log")))
             if self.exec(role, ["conntrackd", "-C", self.conntrackd_conf(role), "-s"], check=False).returncode == 0:
                 return p
             time.sleep(0.1)
@@ -445,7 +446,8 @@ class HaPair(topology.Topology):
         self.keepalived[role] = p
         time.sleep(0.2)
         if p.poll() is not None:
-            raise LabError("keepalived in %s exited with %s: %s" % (role, p.returncode, self._file(role, "keepalived.log")))
+            raise LabError("keepalived in %s exited with %s: %s" % (
+                role, p.returncode, self._file(role, "keepalived.log")))
         return p
 
     def _file(self, role, name):
