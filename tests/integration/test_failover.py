@@ -336,6 +336,7 @@ class Failover(unittest.TestCase):
                 self.assertTrue(all(s["public_address"] == ha.PUBLIC_VIP for s in after), after)
                 stats = b.ha_stats()
                 log("gw-b ha stats:", stats)
+                log("gw-b drops:", {k: v for k, v in b.stats().get("dropped", {}).items() if v})
                 self.assertEqual(stats["calls_adopted"], CLIENTS, stats)
                 self.assertEqual(stats["invalid_labels"], 2, stats)
                 self.assertEqual(stats["calls_in_conflict"], 0, stats)
