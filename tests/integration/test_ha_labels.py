@@ -47,16 +47,12 @@ def log(*a):
     print("    [ha-labels]", *a, flush=True)
 
 
-def ctnetlink(lab, *args):
-    """lab.ctnetlink in the router namespace."""
-    r = lab.router_exec(["env", "PYTHONPATH=" + TESTS, sys.executable, "-m", "lab.ctnetlink"] + list(args))
-    return r.stdout
-
-
 def labels(lab):
-    """{inside address: (original tuple, label bytes)} of labelled entries."""
-    return {e["original"]["src"]: (e["original"], bytes.fromhex(e["label"]))
-            for e in json.loads(ctnetlink(lab, "dump"))}
+    """{inside address: (original tuple, label bytes)} of labelled TCP entries."""
+    out = lab.router_exec(["env", "PYTHONPATH=" + TESTS, sys.executable, "-m", "lab.ctnetlink", "dump"]).stdout
+    entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return {e["orig"]["src"]: (e["orig"], bytes.fromhex(e["labels"])) for e in entries
+            if e.get("labels") and e["orig"].get("proto") == 6 and any(bytes.fromhex(e["labels"]))}
 
 
 def crc8(label):
@@ -86,8 +82,8 @@ def forged_label(inside_id, public_id, outside_id):
 
 
 def set_label(lab, original, label):
-    ctnetlink(lab, "set", original["src"], str(original["sport"]), original["dst"], str(original["dport"]),
-              label.hex())
+    lab.router_exec(["env", "PYTHONPATH=" + TESTS, sys.executable, "-m", "lab.ctnetlink", "set",
+                     json.dumps(original), label.hex()])
 
 
 def triple(s):

@@ -1,10 +1,11 @@
 """A small ctnetlink client of the lab's own (no library of the agent's):
-reads and writes conntrack labels, so tests can check what pptp-fixupd put
-on an entry and put there what someone else might (another user's bits, a
-damaged or forged label).  Run inside a namespace:
+dumps conntrack entries with their labels and replaces an entry's label, so
+tests can check what pptp-fixupd put on an entry and put there what someone
+else might (another user's bits, a damaged or forged label); conntrack(8)
+cannot without /etc/xtables/connlabel.conf. Run inside a namespace:
 
-    python3 -m lab.ctnetlink dump                      # JSON list of labelled TCP entries
-    python3 -m lab.ctnetlink set SRC SPORT DST DPORT HEX32   # by original tuple
+    python3 -m lab.ctnetlink dump                  # one JSON entry per line
+    python3 -m lab.ctnetlink set TUPLE_JSON HEX    # TUPLE_JSON: src, dst, proto, sport, dport
 """
 
 import json
@@ -13,104 +14,123 @@ import socket
 import struct
 import sys
 
-NETLINK_NETFILTER = 12
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-CT_NEW, CT_GET = 0x100, 0x101          # NFNL_SUBSYS_CTNETLINK << 8 | message
-CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_LABELS = 1, 2, 22
-CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
-CTA_IP_V4_SRC, CTA_IP_V4_DST = 1, 2
-CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
-NLA_F_NESTED = 0x8000
+
+_NLA_F_NESTED = 0x8000
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_TIMEOUT, CTA_MARK = 1, 2, 3, 4, 7, 8
+CTA_LABELS, CTA_LABELS_MASK = 22, 23
 
 
-def _attr(kind, payload):
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * ((4 - length % 4) % 4)
-
-
-def _attrs(data):
-    out, at = {}, 0
-    while at + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, at)
+def _attrs(buf):
+    off = 0
+    while off + 4 <= len(buf):
+        length, kind = struct.unpack_from("=HH", buf, off)
         if length < 4:
-            break
-        out[kind & 0x3FFF] = data[at + 4:at + length]
-        at += (length + 3) & ~3
-    return out
+            return
+        yield kind & 0x3FFF, buf[off + 4:off + length]
+        off += (length + 3) & ~3
 
 
-def _tuple(src, sport, dst, dport):
-    ip = _attr(CTA_IP_V4_SRC, socket.inet_aton(src)) + _attr(CTA_IP_V4_DST, socket.inet_aton(dst))
-    proto = (_attr(CTA_PROTO_NUM, bytes([socket.IPPROTO_TCP])) +
-             _attr(CTA_PROTO_SRC_PORT, struct.pack("!H", sport)) +
-             _attr(CTA_PROTO_DST_PORT, struct.pack("!H", dport)))
-    return (_attr(CTA_TUPLE_IP | NLA_F_NESTED, ip) + _attr(CTA_TUPLE_PROTO | NLA_F_NESTED, proto))
+def _attr(kind, payload, nested=False):
+    return struct.pack("=HH", 4 + len(payload), kind | (_NLA_F_NESTED if nested else 0)) + \
+        payload + b"\0" * (-len(payload) % 4)
 
 
-def _request(kind, flags, payload):
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+def _tuple_of(buf):
+    t = {}
+    for k, v in _attrs(buf):
+        if k == 1:
+            for k2, v2 in _attrs(v):
+                if k2 in (1, 2):
+                    t["src" if k2 == 1 else "dst"] = socket.inet_ntoa(v2)
+        elif k == 2:
+            for k2, v2 in _attrs(v):
+                if k2 == 1:
+                    t["proto"] = v2[0]
+                elif k2 in (2, 3):
+                    t["sport" if k2 == 2 else "dport"] = struct.unpack(">H", v2[:2])[0]
+    return t
+
+
+def _tuple_attr(t):
+    ip = _attr(1, socket.inet_aton(t["src"])) + _attr(2, socket.inet_aton(t["dst"]))
+    proto = _attr(1, bytes([t["proto"]])) + _attr(2, struct.pack(">H", t["sport"])) + \
+        _attr(3, struct.pack(">H", t["dport"]))
+    return _attr(CTA_TUPLE_ORIG, _attr(1, ip, True) + _attr(2, proto, True), True)
+
+
+def _ctnetlink(msg, flags, body):
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)    # NETLINK_NETFILTER
     try:
-        body = struct.pack("=BBH", socket.AF_INET, 0, 0) + payload
-        s.send(struct.pack("=IHHII", 16 + len(body), kind, flags, 1, 0) + body)
-        messages = []
+        s.bind((0, 0))
+        payload = struct.pack("=BBH", socket.AF_INET, 0, 0) + body
+        s.send(struct.pack("=IHHII", 16 + len(payload), (1 << 8) | msg, flags, 1, 0) + payload)
+        out = []
         while True:
             data = s.recv(1 << 20)
-            at = 0
-            while at + 16 <= len(data):
-                length, mtype, _, _, _ = struct.unpack_from("=IHHII", data, at)
-                if mtype == NLMSG_ERROR:
-                    err = struct.unpack_from("=i", data, at + 16)[0]
-                    if err != 0:
-                        raise OSError(-err, os.strerror(-err))
-                    return messages
-                if mtype == NLMSG_DONE:
-                    return messages
-                messages.append(data[at + 20:at + length])   # after nfgenmsg
-                at += (length + 3) & ~3
+            off = 0
+            while off + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, off)
+                p = data[off + 16:off + length]
+                off += (length + 3) & ~3
+                if kind == 3:            # NLMSG_DONE
+                    return out
+                if kind == 2:            # NLMSG_ERROR (an ACK when 0)
+                    err = -struct.unpack_from("=i", p)[0]
+                    if err:
+                        raise OSError(err, os.strerror(err))
+                    return out
+                out.append(_entry_of(p[4:]))
     finally:
         s.close()
 
 
-def _parse_tuple(data):
-    t = _attrs(data)
-    ip, proto = _attrs(t.get(CTA_TUPLE_IP, b"")), _attrs(t.get(CTA_TUPLE_PROTO, b""))
-    if proto.get(CTA_PROTO_NUM, b"\0")[0] != socket.IPPROTO_TCP or CTA_IP_V4_SRC not in ip:
-        return None
-    return {"src": socket.inet_ntoa(ip[CTA_IP_V4_SRC]), "dst": socket.inet_ntoa(ip[CTA_IP_V4_DST]),
-            "sport": struct.unpack("!H", proto[CTA_PROTO_SRC_PORT])[0],
-            "dport": struct.unpack("!H", proto[CTA_PROTO_DST_PORT])[0]}
+def _entry_of(buf):
+    e = {"labels": None}
+    for k, v in _attrs(buf):
+        if k in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY):
+            e["orig" if k == CTA_TUPLE_ORIG else "reply"] = _tuple_of(v)
+        elif k == CTA_STATUS:
+            e["status"] = struct.unpack(">I", v)[0]
+        elif k == CTA_TIMEOUT:
+            e["timeout"] = struct.unpack(">I", v)[0]
+        elif k == CTA_MARK:
+            e["mark"] = struct.unpack(">I", v)[0]
+        elif k == CTA_LABELS:
+            e["labels"] = v.hex()
+        elif k == CTA_PROTOINFO:
+            for k2, v2 in _attrs(v):
+                if k2 != 1:              # CTA_PROTOINFO_TCP
+                    continue
+                for k3, v3 in _attrs(v2):
+                    if k3 == 1:
+                        e["tcp_state"] = v3[0]
+                    elif k3 in (4, 5):   # struct nf_ct_tcp_flags {flags, mask}
+                        e["tcp_flags_" + ("orig" if k3 == 4 else "reply")] = v3[0]
+    return e
 
 
 def dump():
-    """Labelled TCP entries: [{"original": tuple, "reply": tuple, "label": hex}]."""
-    entries = []
-    for message in _request(CT_GET, NLM_F_REQUEST | NLM_F_DUMP, b""):
-        a = _attrs(message)
-        original = _parse_tuple(a.get(CTA_TUPLE_ORIG, b""))
-        label = a.get(CTA_LABELS)
-        if original is None or label is None or not any(label):
-            continue
-        entries.append({"original": original, "reply": _parse_tuple(a.get(CTA_TUPLE_REPLY, b"")),
-                        "label": label[:16].hex()})
-    return entries
+    """Every IPv4 conntrack entry of this namespace (dicts)."""
+    return _ctnetlink(1, 0x301, b"")             # IPCTNL_MSG_CT_GET, REQUEST|DUMP
 
 
-def set_label(src, sport, dst, dport, label):
-    """Replaces the label of the entry with this original tuple."""
-    _request(CT_NEW, NLM_F_REQUEST | NLM_F_ACK,
-             _attr(CTA_TUPLE_ORIG | NLA_F_NESTED, _tuple(src, sport, dst, dport)) + _attr(CTA_LABELS, label))
+def set_label(orig, labels):
+    """Replaces the label (16 bytes) of the entry whose original tuple is
+    ``orig`` (dict src, dst, proto, sport, dport)."""
+    body = _tuple_attr(orig) + _attr(CTA_LABELS, labels) + _attr(CTA_LABELS_MASK, b"\xff" * len(labels))
+    _ctnetlink(0, 0x5, body)                     # IPCTNL_MSG_CT_NEW, REQUEST|ACK
 
 
 def main(argv):
     if argv[:1] == ["dump"]:
-        print(json.dumps(dump()))
-        return 0
-    if len(argv) == 6 and argv[0] == "set":
-        set_label(argv[1], int(argv[2]), argv[3], int(argv[4]), bytes.fromhex(argv[5]))
-        return 0
-    print(__doc__, file=sys.stderr)
-    return 1
+        for e in dump():
+            print(json.dumps(e))
+    elif len(argv) == 3 and argv[0] == "set":
+        set_label(json.loads(argv[1]), bytes.fromhex(argv[2]))
+    else:
+        print(__doc__, file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
