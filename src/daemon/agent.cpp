@@ -601,10 +601,10 @@ void Agent::reload() {
     if (fresh.queue != options_.queue || fresh.outside_interfaces != options_.outside_interfaces ||
         fresh.public_address != options_.public_address || fresh.control_socket != options_.control_socket ||
         fresh.gre_offload != options_.gre_offload || fresh.offload_mark != options_.offload_mark ||
-        fresh.offload_poll_seconds != options_.offload_poll_seconds) {
+        fresh.offload_poll_seconds != options_.offload_poll_seconds || fresh.ha_sync != options_.ha_sync) {
         logging::write(logging::Level::Warning, "",
-                       "reload: queue, outside, public-address, control-socket and offload changes need a restart; "
-                       "kept");
+                       "reload: queue, outside, public-address, control-socket, offload and ha-sync changes need a "
+                       "restart; kept");
     }
     logging::set_level(fresh.log_level);
     table_->set_config(fresh.table);

@@ -1,5 +1,6 @@
 #include "daemon/ha_sync.hpp"
 
+#include <cerrno>
 #include <cstring>
 
 #include "nat/packet_handler.hpp"
@@ -74,6 +75,9 @@ void HaLabelSync::write(const nat::ControlConnection& conn, const nat::Call* lea
                                  conn.key.outside_port, ha::encode_label(label))) {
         ++labels_written_;
         return;
+    }
+    if (leaving != nullptr && conntrack_.last_error() == ENOENT) {
+        return;  // the connection's entry went first (an RST): nothing left to carry
     }
     ++label_write_failures_;
     last_write_error_ = conntrack_.last_error();

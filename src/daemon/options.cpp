@@ -70,7 +70,8 @@ SIGNALS
   SIGHUP           reload the config file: fixup ports (rules follow),
                    limits, timeouts, log level and violation policy apply at
                    once and live calls stay. --queue, --outside,
-                   --public-address and --control-socket need a restart.
+                   --public-address, --control-socket, the offload options
+                   and --ha-sync need a restart.
   SIGUSR1          log every live call and control connection.
 
 FIXUP PORTS AT RUN TIME
