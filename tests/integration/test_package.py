@@ -2,7 +2,8 @@
 """The Debian package (run as root).
 
 - tools/package builds it (dpkg-buildpackage, in a temp dir) and lintian
-  reports no error;
+  reports no error (the build is shared with test_systemd_service.py when
+  the tree is the same, see lab.package);
 - the .deb holds the programs, the rule files, the config file (a conffile),
   the systemd unit and the man pages, depends on iptables, adduser and the
   shared libraries, and its postinst creates the pptp-fixup system user;
@@ -40,6 +41,7 @@ sys.path.insert(0, TESTS)
 
 from lab.agent import exit_problem  # noqa: E402
 from lab.netns import Lab, LabError  # noqa: E402
+from lab.package import built_package  # noqa: E402
 from lab.pptp_client import RealClient  # noqa: E402
 from lab.runner import run_tests  # noqa: E402
 
@@ -79,16 +81,16 @@ class Package(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
+        # tools/package's files, or those of an earlier test's build of the
+        # same tree (lab.package); cls.out is this test's own work space.
+        build = built_package(log)
         cls.out = tempfile.mkdtemp(prefix="pptp-fixup-package-")
         os.chmod(cls.out, 0o755)   # the daemon runs as nobody from in here
-        started = time.monotonic()
-        r = subprocess.run([os.path.join(REPO, "tools", "package"), "--out", cls.out],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240)
-        log("tools/package: exit status %d in %.0f s" % (r.returncode, time.monotonic() - started))
-        cls.package_output = r.stdout
-        cls.package_rc = r.returncode
+        cls.package_output = build.output
+        cls.package_rc = build.returncode
+        cls.lintian = build.lintian
         cls.version = project_version()
-        cls.deb = os.path.join(cls.out, "pptp-fixup_%s_amd64.deb" % cls.version)
+        cls.deb = build.deb
         cls.root = os.path.join(cls.out, "root")
         if os.path.exists(cls.deb):
             subprocess.run(["dpkg-deb", "-x", cls.deb, cls.root], check=True)
@@ -103,7 +105,7 @@ class Package(unittest.TestCase):
 
     def test_package_builds_and_lintian_has_no_errors(self):
         self.assertEqual(self.package_rc, 0, self.package_output[-3000:])
-        with open(os.path.join(self.out, "lintian.txt")) as f:
+        with open(self.lintian) as f:
             report = f.read()
         log("lintian:", report.strip().replace("\n", "\n    "))
         self.assertEqual([l for l in report.splitlines() if l.startswith("E:")], [], report)
