@@ -29,6 +29,12 @@ times, each in a namespace of its own) measures what that many offloaded
 calls cost: setup rate with the map programming, the counter read, a
 restart's adoption, memory per call in the agent and in the kernel.
 
+Then the ha-sync mode (--modes ha-sync, in the default; ha_bench.py): the
+setup rate with --ha-sync connlabel against the same without it and the
+kernel helper, and `pptp-fixupctl ha adopt` over conntrack tables of
+--ha-entries entries with --ha-labelled labelled control connections, with
+the packet-loop pause it causes (tools/benchmark/README.md).
+
 Prints the data-plane table, the ratios against the kernel helper with the
 targets, the control-plane table, the scale figures and the trust checks;
 writes everything as JSON (--json-out, default build/bench/results.json) and
@@ -61,8 +67,10 @@ from lab.agent import agent_hooks  # noqa: E402
 from lab.netns import Lab  # noqa: E402
 
 MODES = ("agent-queue", "agent-offload", "kernel-helper")
+HA_MODE = "ha-sync"  # not a data-plane mode: --ha-sync connlabel's setup rate and `ha adopt` (run_ha_sync)
 AGENT_MODES = {"agent-queue": "off", "agent-offload": "nft"}  # mode -> --gre-offload
-ALIASES = {"agent": "agent-queue", "queue": "agent-queue", "offload": "agent-offload", "kernel": "kernel-helper"}
+ALIASES = {"agent": "agent-queue", "queue": "agent-queue", "offload": "agent-offload", "kernel": "kernel-helper",
+           "ha": HA_MODE}
 KERNEL = "kernel-helper"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -210,6 +218,8 @@ class Sampler:
             s["agent_queue"] = st.get("queue", {})
             s["agent_live_calls"] = st.get("live_calls")
             s["agent_offload"] = st.get("offload")
+            if st.get("ha") is not None:
+                s["agent_ha"] = st.get("ha")
             if label in self.SESSION_LABELS:
                 t0 = time.monotonic()
                 sessions = self.lab.agent.sessions()
@@ -238,9 +248,30 @@ def diff(a, b, *path):
 
 # --------------------------------------------------------------------- run
 
-def run_one(args, bench, mode, calls, payload, setup_calls=0, seconds=None, paced=True):
+AGENT_LIMITS = ["--max-connections-per-host", "65536", "--max-connections", "65536",
+                "--max-calls-per-host", "65536", "--max-calls", "65536"]
+
+
+def start_pac(lab, bench):
+    """pptp-bench pac in the server namespace, listening; returns (Popen, log file)."""
+    plog = open(os.path.join(lab.tmpdir, "pac.log"), "w+b")
+    pac = lab.spawn("server", [bench, "pac", "--listen", lab.server_addr],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=plog)
+    deadline = time.monotonic() + 10
+    while not lab.listening("server", 1723):
+        if pac.poll() is not None or time.monotonic() > deadline:
+            plog.seek(0)
+            raise RuntimeError("pptp-bench pac did not start: %s" % plog.read().decode(errors="replace"))
+        time.sleep(0.05)
+    return pac, plog
+
+
+def run_one(args, bench, mode, calls, payload, setup_calls=0, seconds=None, paced=True, agent_args=(),
+            rules_args=(), variant=None):
     """One run in a fresh lab. setup_calls > 0: after the main calls are torn
-    down, the PNS sets up and tears down that many more (the setup rate)."""
+    down, the PNS sets up and tears down that many more (the setup rate).
+    agent_args / rules_args: more pptp-fixupd options / pptp-fixup-rules
+    install options (the ha-sync mode's variants, named ``variant``)."""
     seconds = args.seconds if seconds is None else seconds
     paced_seconds = args.paced_seconds if paced else 0
     hooks = {}
@@ -251,23 +282,16 @@ def run_one(args, bench, mode, calls, payload, setup_calls=0, seconds=None, pace
         # control connections) and a public Call ID range that never equals
         # an inside ID (1..N+M), so every GRE packet's key really is
         # rewritten and the PNS's key check proves the translation.
-        hooks = agent_hooks(call_id_allocation="preserve", gre_offload=AGENT_MODES[mode], extra_args=[
-            "--max-connections-per-host", "65536", "--max-connections", "65536",
-            "--max-calls-per-host", "65536", "--max-calls", "65536",
-            "--call-id-range", "%d-65535" % (calls + setup_calls + 1)])
+        hooks = agent_hooks(call_id_allocation="preserve", gre_offload=AGENT_MODES[mode], rules_args=rules_args,
+                            extra_args=AGENT_LIMITS + ["--call-id-range", "%d-65535" % (calls + setup_calls + 1)]
+                            + list(agent_args))
     t0 = time.monotonic()
     result = {"mode": mode, "calls": calls, "payload": payload, "checks": [],
               "kind": "setup-rate" if setup_calls else "config"}
+    if variant:
+        result["variant"] = variant
     with Lab(clients=1, mode=lab_mode, name_hint="b", **hooks) as lab:
-        plog = open(os.path.join(lab.tmpdir, "pac.log"), "w+b")
-        pac = lab.spawn("server", [bench, "pac", "--listen", lab.server_addr],
-                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=plog)
-        deadline = time.monotonic() + 10
-        while not lab.listening("server", 1723):
-            if pac.poll() is not None or time.monotonic() > deadline:
-                plog.seek(0)
-                raise RuntimeError("pptp-bench pac did not start: %s" % plog.read().decode(errors="replace"))
-            time.sleep(0.05)
+        pac, plog = start_pac(lab, bench)
         nlog = open(os.path.join(lab.tmpdir, "pns.log"), "w+b")
         argv = [bench, "pns", "--server", lab.server_addr, "--calls", str(calls),
                 "--payload", str(payload), "--seconds", str(seconds),
@@ -515,6 +539,17 @@ def summarise(r):
                 r["setup_rate_offloaded"] = inst
                 check((inst or 0) >= m, "setup-rate phase: %s of %d calls offloaded" % (inst, m))
         r["system_cpu_us_per_setup"] = per(diff(a, b, "system", "busy"), sr["calls_up"], 1e6)
+        if is_agent and b.get("agent_ha") is not None:
+            # --ha-sync connlabel: one label write (a synchronous ctnetlink
+            # update) per call built, and one per call torn down.
+            d = s.get("setup_rate_done", {})
+            r["ha_labels_written_setup"] = diff(a, b, "agent_ha", "labels_written")
+            r["ha_labels_written_teardown"] = diff(b, d, "agent_ha", "labels_written")
+            r["ha_label_write_failures"] = diff(a, d, "agent_ha", "label_write_failures")
+            check((r["ha_labels_written_setup"] or 0) >= sr["calls_up"],
+                  "setup-rate phase: %s labels written for %d calls" % (r["ha_labels_written_setup"], sr["calls_up"]))
+            check(not r["ha_label_write_failures"], "setup-rate phase: %s label write failures (last: %s)" % (
+                r["ha_label_write_failures"], (d.get("agent_ha") or {}).get("last_write_error")))
 
 
 # ---------------------------------------------------------------- scale tool
@@ -563,6 +598,355 @@ def run_scale(args):
         "kernel_total_bytes_per_call": med("kernel", "total_bytes_per_call"),
         "kernel_empty_table_bytes": med("kernel", "empty_table_bytes"),
     }
+
+
+# ------------------------------------------------------------- ha-sync mode
+
+HA_HELPER = os.path.join(HERE, "ha_bench.py")
+PYTHON = "/usr/bin/python3"
+# The ha-sync mode's setup-rate variants: (name, data-plane mode, pptp-fixupd
+# options, pptp-fixup-rules install options). agent-offload+labels has the
+# label space (--conntrack-labels) without the writes: what the connlabel
+# match alone costs.
+HA_VARIANTS = (
+    ("kernel-helper", KERNEL, (), ()),
+    ("agent-offload", "agent-offload", (), ()),
+    ("agent-offload+labels", "agent-offload", (), ("--conntrack-labels",)),
+    ("agent-offload+ha", "agent-offload", ("--ha-sync", "connlabel"), ("--conntrack-labels",)),
+)
+HA_ON = "agent-offload+ha"
+
+
+def run_ha_setup(args, bench):
+    """(a) The setup rate with --ha-sync connlabel against the same without
+    it and the kernel helper: the setup-rate workload of the main runs
+    (--ha-setup-calls calls, window --window, a fresh lab each),
+    --ha-rounds times in alternating order."""
+    runs = []
+    for rnd in range(args.ha_rounds):
+        order = HA_VARIANTS if rnd % 2 == 0 else tuple(reversed(HA_VARIANTS))
+        for name, mode, agent_args, rules_args in order:
+            log("ha-sync setup rate: %d calls, %s, round %d of %d ..." % (
+                args.ha_setup_calls, name, rnd + 1, args.ha_rounds))
+            try:
+                r = run_one(args, bench, mode, 1, 64, setup_calls=args.ha_setup_calls,
+                            seconds=min(args.seconds, 0.5), paced=False, agent_args=agent_args,
+                            rules_args=rules_args, variant=name)
+            except (RuntimeError, netns.LabError, subprocess.SubprocessError, OSError) as e:
+                log("FAILED: %s" % e)
+                runs.append({"mode": mode, "variant": name, "calls": 1, "payload": 64, "kind": "setup-rate",
+                             "error": str(e), "checks": ["run failed: %s" % str(e).splitlines()[0]]})
+                continue
+            r["round"] = rnd + 1
+            log("  %s setups/s, %s teardowns/s, %d check problem(s), %.1f s" % (
+                fmt(r.get("setup_rate_per_s")), fmt(r.get("setup_rate_teardown_per_s")), len(r["checks"]),
+                r["wall_s"]))
+            runs.append(r)
+    out = {}
+    for name, mode, agent_args, rules_args in HA_VARIANTS:
+        same = [r for r in runs if r.get("variant") == name and "error" not in r and r.get("setup_rate_calls")]
+        if not same:
+            continue
+
+        def med(key):
+            vals = [r.get(key) for r in same if r.get(key) is not None]
+            return statistics.median(vals) if vals else None
+
+        out[name] = {"mode": mode, "agent_args": list(agent_args), "rules_args": list(rules_args),
+                     "runs": len(same), "calls": same[0]["setup_rate_calls"],
+                     "setup_per_s": med("setup_rate_per_s"), "setup_per_s_all": [r.get("setup_rate_per_s")
+                                                                               for r in same],
+                     "teardown_per_s": med("setup_rate_teardown_per_s"),
+                     "agent_cpu_us_per_setup": med("agent_cpu_us_per_setup"),
+                     "system_cpu_us_per_setup": med("system_cpu_us_per_setup"),
+                     "offloaded": med("setup_rate_offloaded"),
+                     "labels_written_setup": med("ha_labels_written_setup"),
+                     "labels_written_teardown": med("ha_labels_written_teardown"),
+                     "label_write_failures": med("ha_label_write_failures")}
+    k, off = out.get(KERNEL), out.get("agent-offload")
+    for name, f in out.items():
+        if name == KERNEL:
+            continue
+        if k:
+            f["setup_vs_kernel"] = per(f["setup_per_s"], k["setup_per_s"])
+            f["teardown_vs_kernel"] = per(f["teardown_per_s"], k["teardown_per_s"])
+        if off and name != "agent-offload":
+            f["setup_vs_off"] = per(f["setup_per_s"], off["setup_per_s"])
+            f["teardown_vs_off"] = per(f["teardown_per_s"], off["teardown_per_s"])
+    return out, runs
+
+
+def probe_figures(samples, t0, t1):
+    """From the probe's (send time, round trip) pairs: the largest round trip
+    and the largest gap between replies that overlap [t0, t1], and the same
+    before t0 (the baseline)."""
+    arrivals = sorted((t + rtt, t, rtt) for t, rtt in samples)
+    during = [rtt for t, rtt in samples if t < t1 and t + rtt > t0]
+    before = [rtt for t, rtt in samples if t + rtt < t0]
+    gaps_during, gaps_before = [], []
+    for (a0, _, _), (a1, _, _) in zip(arrivals, arrivals[1:]):
+        if a0 < t1 and a1 > t0:
+            gaps_during.append(a1 - a0)
+        elif a1 < t0:
+            gaps_before.append(a1 - a0)
+    ms = 1000.0
+    return {"echoes_during": len(during),
+            "max_rtt_ms": max(during) * ms if during else None,
+            "max_gap_ms": max(gaps_during) * ms if gaps_during else None,
+            "baseline_echoes": len(before),
+            "baseline_p50_rtt_ms": statistics.median(before) * ms if before else None,
+            "baseline_max_rtt_ms": max(before) * ms if before else None,
+            "baseline_max_gap_ms": max(gaps_before) * ms if gaps_before else None}
+
+
+def ctl_adopt(lab):
+    """`pptp-fixupctl --json ha adopt` (from here: the control socket is a
+    file), timed; (wall seconds, reply or None, error or None)."""
+    argv = [os.path.join(agent_bin_dir(), "pptp-fixupctl"), "--socket", lab.agent.socket, "--json", "ha", "adopt"]
+    t0 = time.monotonic()
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    wall = time.monotonic() - t0
+    try:
+        reply = json.loads(cp.stdout)
+    except ValueError:
+        return wall, None, "exit %d: %s" % (cp.returncode, cp.stderr.strip())
+    return wall, reply, None if cp.returncode == 0 and reply.get("ok") else "exit %d: %s" % (
+        cp.returncode, cp.stderr.strip() or reply)
+
+
+def agent_bin_dir():
+    from lab.agent import bin_dir
+    return bin_dir()
+
+
+def run_ha_adopt(args, bench, entries, labelled):
+    """(b) `ha adopt` over a conntrack table of ``entries`` entries of which
+    ``labelled`` carry the agent's label (created with ctnetlink), in a fresh
+    lab: agent-offload with --ha-sync connlabel and --conntrack-labels, as on
+    a standby gateway. The probe (a control connection's Echo-Request
+    ping-pong through the agent's queue, every 1 ms) shows the packet loop's
+    pause. Then a second `ha adopt` over the same table (every call already
+    known: the dump and the checks without the adoption), and the kernel's
+    own share: a bare dump of the table, whole and with ctnetlink's
+    kernel-side filter (TCP, original destination port 1723)."""
+    hooks = agent_hooks(call_id_allocation="preserve", gre_offload="nft", rules_args=["--conntrack-labels"],
+                        extra_args=AGENT_LIMITS + ["--ha-sync", "connlabel"])
+    r = {"entries": entries, "labelled": labelled, "checks": []}
+    t_start = time.monotonic()
+    with Lab(clients=1, mode="agent", name_hint="h", **hooks) as lab:
+        pac, _ = start_pac(lab, bench)
+        ct_max = int(lab.router_exec(["cat", "/proc/sys/net/netfilter/nf_conntrack_max"]).stdout)
+        if ct_max < entries + 1000:
+            # Per namespace where the kernel lets a namespace set it (it is
+            # read-only outside the initial namespace on some kernels).
+            lab.router_exec(["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_max=%d" % (entries + 1000)],
+                            check=False)
+            ct_max = int(lab.router_exec(["cat", "/proc/sys/net/netfilter/nf_conntrack_max"]).stdout)
+            if ct_max < entries + 1000:
+                raise RuntimeError("nf_conntrack_max is %d, below %d entries (read-only in a namespace here: raise "
+                                   "net.netfilter.nf_conntrack_max)" % (ct_max, entries))
+        r["nf_conntrack_max"] = ct_max
+        env = ["env", "PYTHONPATH=" + os.path.join(REPO, "tests")]
+        fill = lab.router_exec(env + [PYTHON, HA_HELPER, "fill", "--entries", str(entries), "--labelled",
+                                      str(labelled)], timeout=600)
+        r["fill"] = json.loads(fill.stdout.strip().splitlines()[-1])
+        if r["fill"]["created"] != entries:
+            raise RuntimeError("created %d of %d conntrack entries: %s" % (r["fill"]["created"], entries,
+                                                                         r["fill"]["first_error"]))
+        log("  %d entries (%d labelled) created in %.1f s" % (entries, labelled, r["fill"]["seconds"]))
+        plog = open(os.path.join(lab.tmpdir, "probe.log"), "w+b")
+        probe = lab.spawn("client1", env + [PYTHON, HA_HELPER, "probe", "--server", lab.server_addr],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=plog)
+        time.sleep(args.ha_probe_lead)
+        pid = lab.agent.proc.pid
+        before = lab.agent.stats()
+        cpu0 = proc_cpu(pid)
+        t0 = time.monotonic()
+        wall, reply, err = ctl_adopt(lab)
+        t1 = time.monotonic()
+        cpu1 = proc_cpu(pid)
+        time.sleep(0.5)
+        t2 = time.monotonic()
+        wall2, reply2, err2 = ctl_adopt(lab)
+        t3 = time.monotonic()
+        cpu2 = proc_cpu(pid)
+        time.sleep(0.5)
+        after = lab.agent.stats()
+        dump = lab.router_exec(env + [PYTHON, HA_HELPER, "dump"], timeout=120)
+        r["kernel_dump"] = json.loads(dump.stdout.strip().splitlines()[-1])
+        out, _ = probe.communicate(input=b"\n", timeout=60)
+        plog.seek(0)
+        try:
+            samples = json.loads(out.decode().strip().splitlines()[-1])["samples"]
+        except (ValueError, IndexError, KeyError):
+            raise RuntimeError("the probe gave no result: %s" % plog.read().decode(errors="replace"))
+        pac.send_signal(signal.SIGTERM)
+        r["agent_log_tail"] = lab.agent.output().strip().splitlines()[-5:]
+    r["wall_s"] = time.monotonic() - t_start
+    r["adopt"] = {"wall_ms": wall * 1000, "reply": reply, "error": err, "agent_cpu_ms": (cpu1 - cpu0) * 1000,
+                  "ms_per_1k_entries": wall * 1000 / (entries / 1000.0)}
+    r["adopt"].update(probe_figures(samples, t0, t1))
+    r["again"] = {"wall_ms": wall2 * 1000, "reply": reply2, "error": err2, "agent_cpu_ms": (cpu2 - cpu1) * 1000,
+                  "ms_per_1k_entries": wall2 * 1000 / (entries / 1000.0)}
+    r["again"].update(probe_figures(samples, t2, t3))
+    r["probe_echoes"] = len(samples)
+    ha0, ha1 = before.get("ha") or {}, after.get("ha") or {}
+    off0, off1 = before.get("offload") or {}, after.get("offload") or {}
+    r["adopted"] = (reply or {}).get("adopted", (ha1.get("calls_adopted", 0) - ha0.get("calls_adopted", 0)))
+    r["live_calls"] = after.get("live_calls")
+    r["offload_installed"] = (off1.get("installed") or 0) - (off0.get("installed") or 0)
+    checks = r["checks"]
+    if err:
+        checks.append("ha adopt: %s" % err)
+    if r["adopted"] != labelled:
+        checks.append("adopted %s calls of %d labelled" % (r["adopted"], labelled))
+    if reply and (reply.get("labelled_connections") != labelled or reply.get("conflicts") or
+                  reply.get("invalid_labels")):
+        checks.append("ha adopt: %s" % reply)
+    if reply2 and (reply2.get("already_known") != labelled or reply2.get("adopted")):
+        checks.append("second ha adopt: %s" % reply2)
+    if r["offload_installed"] < labelled:
+        checks.append("%d of %d adopted calls offloaded" % (r["offload_installed"], labelled))
+    return r
+
+
+def run_ha_sync(args, bench):
+    """The ha-sync mode: (a) setup rate, (b) `ha adopt` per (entries, labelled)."""
+    setup, setup_runs = run_ha_setup(args, bench) if args.ha_setup_calls > 0 else ({}, [])
+    adopt = []
+    for entries in args.ha_entries:
+        for labelled in args.ha_labelled:
+            if labelled > entries:
+                continue
+            log("ha-sync adopt: %d conntrack entries, %d labelled ..." % (entries, labelled))
+            try:
+                r = run_ha_adopt(args, bench, entries, labelled)
+            except (RuntimeError, netns.LabError, subprocess.SubprocessError, OSError, ValueError) as e:
+                log("FAILED: %s" % e)
+                adopt.append({"entries": entries, "labelled": labelled, "error": str(e),
+                              "checks": ["run failed: %s" % str(e).splitlines()[0]]})
+                continue
+            a = r["adopt"]
+            log("  adopt %.0f ms (%.2f ms per 1k entries), %s adopted, loop pause %s ms (max gap %s ms), "
+                "again %.0f ms, %d check problem(s), %.1f s" % (
+                    a["wall_ms"], a["ms_per_1k_entries"], r["adopted"], fmt(a["max_rtt_ms"]),
+                    fmt(a["max_gap_ms"]), r["again"]["wall_ms"], len(r["checks"]), r["wall_s"]))
+            adopt.append(r)
+    return {"setup_calls": args.ha_setup_calls, "rounds": args.ha_rounds, "setup": setup, "adopt": adopt,
+            "setup_runs": setup_runs}
+
+
+def print_ha(ha, out=sys.stdout):
+    def p(*a):
+        print(*a, file=out)
+
+    p("\nHA sync (--ha-sync connlabel): (a) setup rate, a fresh lab per run, %d calls, window as above," %
+      ha["setup_calls"])
+    p("median of %d round(s); x kern / x off = against the kernel helper / agent-offload without labels of" %
+      ha["rounds"])
+    p("the same run; +labels = rules with --conntrack-labels only (label space, no writes); +ha = also")
+    p("--ha-sync connlabel (one synchronous ctnetlink update per call built and per call torn down).")
+    hdr = "%-21s %9s %7s %6s %9s %7s %6s %8s %8s %9s" % (
+        "variant", "setup/s", "x kern", "x off", "down/s", "x kern", "x off", "agent-us", "sys-us", "labels")
+    p(hdr)
+    p("-" * len(hdr))
+    for name, _, _, _ in HA_VARIANTS:
+        f = ha["setup"].get(name)
+        if f is None:
+            continue
+        p("%-21s %9s %7s %6s %9s %7s %6s %8s %8s %9s" % (
+            name, fmt(f["setup_per_s"]), fmt(f.get("setup_vs_kernel"), "%.2f", ""),
+            fmt(f.get("setup_vs_off"), "%.2f", ""), fmt(f["teardown_per_s"]),
+            fmt(f.get("teardown_vs_kernel"), "%.2f", ""), fmt(f.get("teardown_vs_off"), "%.2f", ""),
+            fmt(f["agent_cpu_us_per_setup"]), fmt(f["system_cpu_us_per_setup"]),
+            "%s+%s" % (fmt(f["labels_written_setup"]), fmt(f["labels_written_teardown"]))
+            if f["labels_written_setup"] is not None else "-"))
+    if ha["adopt"]:
+        p("\n(b) `pptp-fixupctl ha adopt` (agent-offload, --ha-sync connlabel) over a conntrack table of N entries")
+        p("(ctnetlink-created TCP ESTABLISHED), M of them labelled control connections of one call each.")
+        p("wall = the command's wall time; ms/1k = wall per 1,000 entries; pause = largest round trip of a")
+        p("control-connection Echo probe (every 1 ms through the agent's queue) that overlapped it, gap = the")
+        p("largest gap between its replies then (base: before it); again = a second adopt, every call known;")
+        p("dump = a bare ctnetlink dump of the table from Python (no parsing), flt = the same with the kernel-side")
+        p("filter (CTA_FILTER: TCP, original destination port 1723), ms.")
+        hdr = "%8s %7s %8s %7s %8s %8s %7s %7s %7s %8s %8s %6s %5s" % (
+            "entries", "labeled", "wall ms", "ms/1k", "agent ms", "adopted", "pause", "gap", "base", "again ms",
+            "again ps", "dump", "flt")
+        p(hdr)
+        p("-" * len(hdr))
+        for r in ha["adopt"]:
+            if "error" in r:
+                p("%8d %7d FAILED: %s" % (r["entries"], r["labelled"], r["error"]))
+                continue
+            a, g, kd = r["adopt"], r["again"], r.get("kernel_dump") or {}
+            p("%8d %7d %8.0f %7.2f %8.0f %8s %7s %7s %7s %8.0f %8s %6s %5s" % (
+                r["entries"], r["labelled"], a["wall_ms"], a["ms_per_1k_entries"], a["agent_cpu_ms"],
+                fmt(r["adopted"]), fmt(a["max_rtt_ms"], "%.0f"), fmt(a["max_gap_ms"], "%.0f"),
+                fmt(a["baseline_max_rtt_ms"], "%.1f"), g["wall_ms"], fmt(g["max_rtt_ms"], "%.0f"),
+                fmt(per(kd.get("full_seconds"), 1, 1000.0)), fmt(per(kd.get("filtered_seconds"), 1, 1000.0))))
+
+
+def draw_ha(axes, ha, colours):
+    """The ha-sync row of the chart: setups/s and teardowns/s per variant,
+    adopt wall time and loop pause per table."""
+    ax = axes[0]
+    names = [n for n, _, _, _ in HA_VARIANTS if n in ha["setup"]]
+    cols = {KERNEL: colours[KERNEL], "agent-offload": colours["agent-offload"],
+            "agent-offload+labels": "#7fb3e0", HA_ON: "#c0392b"}
+    if names:
+        vals = [ha["setup"][n]["setup_per_s"] or 0 for n in names]
+        b = ax.bar(range(len(names)), vals, color=[cols[n] for n in names])
+        for rect, n in zip(b, names):
+            f = ha["setup"][n]
+            x = f.get("setup_vs_kernel")
+            ax.annotate("%.0f%s" % (f["setup_per_s"] or 0, "\n%.2fx kern" % x if x else ""),
+                        (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center", va="bottom",
+                        fontsize=7)
+        ax.axhline(TARGETS["setups_per_s"], color="k", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([n.replace("agent-offload", "offload").replace("+", "\n+") for n in names], fontsize=8)
+        ax.set_ylim(0, 1.3 * max(max(vals), TARGETS["setups_per_s"]))
+    ax.set_title("HA sync: call setups/s (%d calls; median of %d)" % (ha["setup_calls"], ha["rounds"]),
+                 fontsize=10)
+    ax.set_ylabel("calls/s", fontsize=8)
+    ax = axes[1]
+    if names:
+        vals = [ha["setup"][n]["teardown_per_s"] or 0 for n in names]
+        b = ax.bar(range(len(names)), vals, color=[cols[n] for n in names])
+        for rect, v in zip(b, vals):
+            ax.annotate("%.0f" % v, (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center",
+                        va="bottom", fontsize=7)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([n.replace("agent-offload", "offload").replace("+", "\n+") for n in names], fontsize=8)
+        ax.set_yscale("log")
+    ax.set_title("HA sync: call teardowns/s (log)", fontsize=10)
+    ax.set_ylabel("calls/s", fontsize=8)
+    ax = axes[2]
+    ok = [r for r in ha["adopt"] if "error" not in r]
+    if ok:
+        labels = ["%dk entries\n%dk labelled" % (r["entries"] // 1000, r["labelled"] // 1000)
+                  if r["labelled"] >= 1000 else "%d entries\n%d labelled" % (r["entries"], r["labelled"])
+                  for r in ok]
+        xs = list(range(len(ok)))
+        w = 0.4
+        walls = [r["adopt"]["wall_ms"] for r in ok]
+        pauses = [r["adopt"]["max_rtt_ms"] or 0 for r in ok]
+        b1 = ax.bar([x - w / 2 for x in xs], walls, w, label="ha adopt wall", color="#c0392b")
+        b2 = ax.bar([x + w / 2 for x in xs], pauses, w, label="packet-loop pause (probe)", color="#e59866")
+        for rect, r in zip(b1, ok):
+            ax.annotate("%.0f ms\n%.1f/1k" % (r["adopt"]["wall_ms"], r["adopt"]["ms_per_1k_entries"]),
+                        (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center", va="bottom",
+                        fontsize=6.5)
+        for rect, v in zip(b2, pauses):
+            ax.annotate("%.0f" % v, (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center",
+                        va="bottom", fontsize=6.5)
+        ax.axhline(100, color="k", linestyle=":", linewidth=1)
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_ylim(0, 1.3 * max(walls + pauses + [100]))
+        ax.legend(fontsize=7)
+    ax.set_title("HA sync: `ha adopt` over the conntrack table", fontsize=10)
+    ax.set_ylabel("ms", fontsize=8)
 
 
 # ------------------------------------------------------------------ report
@@ -855,15 +1239,24 @@ def draw_chart(doc, base):
     except ImportError:
         return None, "python3-matplotlib is not installed (apt-get install python3-matplotlib); no chart"
     rows = [r for r in doc["rows"] if r["vs_kernel"]]
-    if not rows:
-        return None, "no configuration with the kernel helper and an agent mode; no chart"
+    ha = doc.get("ha_sync")
+    has_ha = bool(ha and (ha.get("setup") or ha.get("adopt")))
+    if not rows and not has_ha:
+        return None, "no configuration with the kernel helper and an agent mode, no ha-sync figures; no chart"
     agent_modes = [m for m in doc["meta"]["modes"] if m in AGENT_MODES]
     colours = {"agent-queue": "#d08c30", "agent-offload": "#2e7bbf", KERNEL: "#888888"}
     labels = ["%d call%s\n%d B" % (r["calls"], "" if r["calls"] == 1 else "s", r["payload"]) for r in rows]
     x = list(range(len(rows)))
     width = 0.8 / max(1, len(agent_modes))
 
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    nrows = (2 if rows else 0) + (1 if has_ha else 0)
+    fig, axes = plt.subplots(nrows, 3, figsize=(16, 4.5 * nrows), squeeze=False)
+    if has_ha:
+        draw_ha(axes[nrows - 1], ha, colours)
+    if not rows:
+        fig.suptitle("pptp-fixupd --ha-sync connlabel (same run, %s%s)" % (
+            doc["meta"]["date"], "; quick: figures not meaningful" if doc["meta"]["quick"] else ""))
+        return save_chart(fig, plt, base), None
     fig.suptitle("pptp-fixupd vs the kernel's PPTP helper (same run, %s; %s)" % (
         doc["meta"]["date"], "quick: figures not meaningful" if doc["meta"]["quick"] else
         "%g s unpaced, %g kpps paced" % (doc["meta"]["seconds"], doc["meta"]["paced_rate"] / 1000)))
@@ -994,6 +1387,10 @@ def draw_chart(doc, base):
     text.append("checks: %s" % ("all passed" if not problems else "%d problem(s), see results.json" % problems))
     ax.text(0, 1, "\n".join(text), va="top", ha="left", fontsize=7.5, family="monospace", transform=ax.transAxes)
 
+    return save_chart(fig, plt, base), None
+
+
+def save_chart(fig, plt, base):
     fig.tight_layout()
     paths = []
     for ext in ("png", "svg"):
@@ -1001,7 +1398,7 @@ def draw_chart(doc, base):
         fig.savefig(path, dpi=110)
         paths.append(path)
     plt.close(fig)
-    return paths, None
+    return paths
 
 
 # -------------------------------------------------------------------- main
@@ -1026,8 +1423,20 @@ def main():
     ap.add_argument("--setup-calls", type=int,
                     help="calls of the setup-rate phase of every run (default 10000, quick 200; 0 = none)")
     ap.add_argument("--setup-timeout", type=float, default=120)
-    ap.add_argument("--modes", default=",".join(MODES),
-                    help="comma list of %s (default all; 'agent' = agent-queue)" % ", ".join(MODES))
+    ap.add_argument("--modes", default=",".join(MODES + (HA_MODE,)),
+                    help="comma list of %s (default all; 'agent' = agent-queue; %s: the --ha-sync connlabel "
+                         "runs, after the others)" % (", ".join(MODES + (HA_MODE,)), HA_MODE))
+    ap.add_argument("--ha-setup-calls", type=int,
+                    help="ha-sync: calls of each setup-rate run (default --setup-calls, or 10000 if that is 0; "
+                         "0 = no setup-rate runs)")
+    ap.add_argument("--ha-rounds", type=int, help="ha-sync: setup-rate runs per variant, median taken "
+                                                   "(default 3, quick 1)")
+    ap.add_argument("--ha-entries", type=int_list,
+                    help="ha-sync: conntrack table sizes for `ha adopt` (default 10000,100000; quick 2000)")
+    ap.add_argument("--ha-labelled", type=int_list,
+                    help="ha-sync: labelled control connections among them (default 1000,10000; quick 200)")
+    ap.add_argument("--ha-probe-lead", type=float, default=1.0,
+                    help="ha-sync: seconds of probe before the adopt (its baseline)")
     ap.add_argument("--scale-calls", type=int,
                     help="offloaded calls of pptp-offload-scale (default 65536, quick 4096; 0 = skip it)")
     ap.add_argument("--scale-rounds", type=int, help="pptp-offload-scale runs, median taken (default 3, quick 1)")
@@ -1050,14 +1459,27 @@ def main():
     args.scale_calls = args.scale_calls if args.scale_calls is not None else (4096 if args.quick else 65536)
     args.scale_rounds = max(1, args.scale_rounds if args.scale_rounds is not None else (1 if args.quick else 3))
     modes = []
+    ha_mode = False
     for m in args.modes.split(","):
         m = ALIASES.get(m.strip(), m.strip())
         if not m:
             continue
+        if m == HA_MODE:
+            ha_mode = True
+            continue
         if m not in MODES:
-            sys.exit("run.py: unknown mode %r (expected %s)" % (m, ", ".join(MODES)))
+            sys.exit("run.py: unknown mode %r (expected %s)" % (m, ", ".join(MODES + (HA_MODE,))))
         if m not in modes:
             modes.append(m)
+    if args.ha_setup_calls is None:
+        args.ha_setup_calls = args.setup_calls or (200 if args.quick else 10000)
+    args.ha_rounds = max(1, args.ha_rounds if args.ha_rounds is not None else (1 if args.quick else 3))
+    args.ha_entries = args.ha_entries or ([2000] if args.quick else [10000, 100000])
+    args.ha_labelled = args.ha_labelled or ([200] if args.quick else [1000, 10000])
+    if not 0 <= args.ha_setup_calls <= 30000:
+        sys.exit("run.py: --ha-setup-calls must be 0..30000")
+    if max(args.ha_labelled) > 30000 or min(args.ha_labelled) < 0 or min(args.ha_entries) < 1:
+        sys.exit("run.py: --ha-labelled must be 0..30000 (distinct Call IDs), --ha-entries at least 1")
     for n in args.calls:
         if not 1 <= n <= 30000:
             sys.exit("run.py: --calls values must be 1..30000 (inside and public Call IDs are kept apart)")
@@ -1108,13 +1530,25 @@ def main():
                 fmt(r.get("setup_rate_per_s")), fmt(r.get("setup_rate_teardown_per_s")), len(r["checks"]),
                 r["wall_s"]))
             setup_runs.append(r)
-    scale = run_scale(args) if args.scale_calls > 0 else None
+    scale = run_scale(args) if args.scale_calls > 0 and modes else None
+    ha = run_ha_sync(args, bench) if ha_mode else None
     elapsed = time.monotonic() - started
     ok_runs = [r for r in runs if "error" not in r]
     rows = build_rows(ok_runs, modes)
     setups = setup_summary(setup_runs)
     verdicts = target_verdicts(rows, setups, scale)
-    print_report(ok_runs + [r for r in setup_runs if "error" not in r], rows, setups, scale, verdicts, modes, args)
+    if modes:
+        print_report(ok_runs + [r for r in setup_runs if "error" not in r], rows, setups, scale, verdicts, modes,
+                     args)
+    if ha:
+        print_ha(ha)
+        problems = [(r.get("variant"), c) for r in ha["setup_runs"] for c in r["checks"]] + [
+            ("adopt %d/%d" % (r["entries"], r["labelled"]), c) for r in ha["adopt"] for c in r["checks"]]
+        print("\nHA sync checks: %s" % ("all passed (labels written, no failures; adopted = labelled, "
+                                        "offloaded, second adopt all known)" if not problems
+                                        else "%d problem(s)" % len(problems)))
+        for who, c in problems:
+            print("  %s: %s" % (who, c))
     for r in runs + setup_runs:
         if "error" in r:
             print("FAILED run: %dc/%dB %s: %s" % (r["calls"], r["payload"], r["mode"], r["error"]))
@@ -1125,13 +1559,16 @@ def main():
                  "paced_seconds": args.paced_seconds, "calls": args.calls, "payloads": args.payloads,
                  "modes": modes, "window": args.window, "setup_calls": args.setup_calls,
                  "quick": args.quick, "elapsed_s": elapsed, "bench": bench, "argv": sys.argv[1:],
-                 "agent_bin": os.environ.get("PPTP_FIXUP_BIN"), "targets": TARGETS},
+                 "agent_bin": os.environ.get("PPTP_FIXUP_BIN"), "targets": TARGETS, "ha_sync": ha_mode,
+                 "ha_setup_calls": args.ha_setup_calls, "ha_rounds": args.ha_rounds,
+                 "ha_entries": args.ha_entries, "ha_labelled": args.ha_labelled},
         "rows": rows,
         "setup_rate": setups,
         "targets": verdicts,
         "scale": scale,
         "runs": runs,
         "setup_runs": setup_runs,
+        "ha_sync": ha,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
     with open(args.json_out, "w") as f:
@@ -1143,7 +1580,8 @@ def main():
             chart = ("chart: " + ", ".join(paths)) if paths else why
         except Exception as e:  # a chart problem must not lose the measurements
             chart = "chart failed: %r (the JSON is complete)" % (e,)
-    print("\nbenchmark time %.0f s (%d runs); JSON: %s; %s" % (elapsed, len(runs) + len(setup_runs), args.json_out, chart))
+    n_runs = len(runs) + len(setup_runs) + (len(ha["setup_runs"]) + len(ha["adopt"]) if ha else 0)
+    print("\nbenchmark time %.0f s (%d runs); JSON: %s; %s" % (elapsed, n_runs, args.json_out, chart))
 
     if args.smoke:
         bad = []
@@ -1182,6 +1620,20 @@ def main():
                                   or scale.get("kernel_bytes_per_call") is None):
             bad.append("pptp-offload-scale: %s" % (scale.get("error") or scale.get("errors")
                                                    or "not every call offloaded"))
+        if ha:
+            for name, _, _, _ in HA_VARIANTS:
+                f = ha["setup"].get(name)
+                if args.ha_setup_calls > 0 and (f is None or not f["setup_per_s"]):
+                    bad.append("ha-sync setup rate %s: no numbers" % name)
+            f = ha["setup"].get(HA_ON)
+            if f is not None and ((f["labels_written_setup"] or 0) < args.ha_setup_calls
+                                  or f["label_write_failures"]):
+                bad.append("ha-sync: %s labels written for %d calls, %s failures" % (
+                    f["labels_written_setup"], args.ha_setup_calls, f["label_write_failures"]))
+            for r in ha["adopt"]:
+                if "error" in r or r["adopted"] != r["labelled"] or r["adopt"].get("max_rtt_ms") is None:
+                    bad.append("ha-sync adopt %d/%d: %s" % (r["entries"], r["labelled"], r.get("error") or (
+                        "adopted %s" % r["adopted"])))
         if bad:
             print("smoke: " + "; ".join(bad))
             return 1
