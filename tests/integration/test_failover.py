@@ -23,8 +23,42 @@ damaged label of the agent's format. gw-a then fails as a dead gateway does
 - captures at every client and at the server, before the failure and after
   it: the same Call IDs in the GRE keys each way, the GRE at the server
   from/to the public VIP only;
-- afterwards each client still echoes every frame; stopping the clients
-  clears their calls through gw-b (its sessions empty) and both agents exit 0.
+- afterwards each client still echoes every frame.
+
+Failback (the same test, going on): gw-a comes back as a rebooted box does
+(HaPair.reboot: its agent, conntrackd and keepalived gone, the agent's
+rules and GRE offload table removed, its kernel conntrack flushed; then
+links up, the rules, a fresh agent, conntrackd, keepalived). With
+nopreempt it stays BACKUP and gw-b keeps the VIPs; gw-a's conntrackd gets
+gw-b's connections into its external cache (the notify's resync request)
+while the calls echo on through gw-b. Through gw-b a new call is made
+(client5, its label written by gw-b's agent) and client4's call is cleared
+(its label rewritten by gw-b, no call left). Then gw-b fails the same way
+and its agent stops (exit 0):
+
+- every remaining call (three adopted twice, the new one) echoes again
+  through gw-a within TAKEOVER_BOUND ("failback: X.XX s until all N calls
+  echo"); gw-a's fresh agent adopted exactly those (calls_adopted 4, none
+  already known, no conflict, the two foreign labels counted again) with
+  the same Call IDs, captures at the clients and the server show the same
+  Call IDs through gw-b and after the failback;
+- the cleared call is not back: not in gw-a's sessions, no GRE at client4,
+  and GRE from the server to its public Call ID is dropped by gw-a's agent
+  (gre_no_matching_call), not translated;
+- stopping the clients clears their calls through gw-a, whose agent exits 0.
+
+OldAgentFailback: the same round trip, but gw-a comes back WITHOUT a
+reboot (links down and up, its agent, conntrackd and keepalived running on).
+The live calls go on (the old agent's adoption counts its own calls as
+already known, takes the new ones, no conflict), and a control connection
+opened through gw-b goes on through gw-a. Two agent problems are kept as
+expectedFailure tests until src/ changes: the old agent keeps the call
+cleared through gw-b (and its GRE to that public Call ID reaches the
+cleared client again), and a control connection whose bytes went through
+gw-b meanwhile stalls on the old agent (its TCP follower waits for bytes it
+never saw: control_hold_timeout; an Echo-Request goes unanswered). The control
+bytes come from a small PNS of the test's own (Echoer: SCCRQ, OCRQ, then
+Echo-Requests on demand).
 
 ConntrackdLabels, without the agent (what the design rests on, measured
 with conntrackd 1.4.7): a label set on gw-a's entry (all 128 bits) reaches
@@ -40,6 +74,7 @@ net.netfilter.nf_conntrack_tcp_be_liberal left at 0.
     sudo /usr/bin/python3 tests/integration/test_failover.py [-v]
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -222,18 +257,176 @@ class ConntrackdLabels(unittest.TestCase):
             p.stdin.close()
 
 
+def probe_until_echo(clients, m0, stop):
+    """Each client sends one frame at a time until one echoes; {index:
+    seconds after m0}, for those that echoed within GIVE_UP."""
+    recovered = {}
+
+    def probe(c):
+        while time.monotonic() - m0 < GIVE_UP and not stop.is_set():
+            if c.exchange(1, timeout=PROBE_TIMEOUT, interval=0) == 1:
+                recovered[c.index] = time.monotonic() - m0
+                return
+    threads = [threading.Thread(target=probe, args=(c,), daemon=True) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return recovered
+
+
+def log_switch(lab, what, role, t0, recovered, n):
+    """Logs the switch to ``role``: its notify lines, the VRRP and adoption
+    moments after t0 (time.time()), per client and overall; returns the
+    overall time or None."""
+    done = max(recovered.values()) if len(recovered) == n else None
+    master_at = [t for t in lab.notify_times(role, "master: committing") if t >= t0]
+    adopted_at = [t for t in lab.notify_times(role, "master: ha adopt") if t >= t0]
+    log("%s notify:" % role, lab.notify_log(role).strip().replace("\n", " | "))
+    log("per client (s):", {i: round(t, 2) for i, t in sorted(recovered.items())})
+    if master_at:
+        log("VRRP: %s master (notify) after %.2f s" % (role, master_at[-1] - t0))
+    if adopted_at:
+        log("commit + adopt done after %.2f s" % (adopted_at[-1] - t0))
+    if done is not None:
+        log("%s: %.2f s until all %d calls echo" % (what, done, n))
+    else:
+        log("%s: FAILED, %d of %d calls echo after %.0f s" % (what, len(recovered), n, GIVE_UP))
+    return done
+
+
+def control_label(lab, role, inside_addr):
+    """The label (hex or None) of the control connection from inside_addr
+    in role's kernel, or "gone"."""
+    found = [e for e in lab.control_entries(role) if e["orig"].get("src") == inside_addr]
+    return found[0]["labels"] if found else "gone"
+
+
+def label_calls(label_hex):
+    """Number of calls in an agent label (byte 2, low nibble)."""
+    return bytes.fromhex(label_hex)[2] & 0x0F
+
+
+SEND_GRE = ("import socket,sys\n"
+            "sys.path.insert(0,sys.argv[1])\n"
+            "from lab.pptp_proto import gre_build\n"
+            "s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_GRE)\n"
+            "for i in range(int(sys.argv[4])):\n"
+            "    s.sendto(gre_build(int(sys.argv[3]),b'\\xff\\x03\\x00\\x21stale-%d'%i,seq=1000+i),(sys.argv[2],0))\n")
+
+
+def stray_gre_reaches(lab, agent, role, public_call_id, n=5):
+    """The server sends n GRE packets to the public VIP keyed with
+    ``public_call_id``; returns (packets captured at ``role``, increase of
+    the agent's gre_no_matching_call drops)."""
+    cap, path = lab.capture(role, path=os.path.join(lab.tmpdir, "%s-stray.pcap" % role),
+                            bpf=["ip", "proto", "47", "and", "host", lab.addr_of(role)])
+    before = agent.stats().get("dropped", {}).get("gre_no_matching_call", 0)
+    lab.exec("server", [ha.PYTHON, "-c", SEND_GRE, TESTS, ha.PUBLIC_VIP, str(public_call_id), str(n)])
+    time.sleep(0.5)
+    lab.stop_process(cap)
+    after = agent.stats().get("dropped", {}).get("gre_no_matching_call", 0)
+    return len([d for d in ipv4_packets(path) if d["proto"] == 47]), after - before
+
+
+# A PNS of its own with one call (no GRE): after SCCRQ/OCRQ it prints its
+# port and the call's result, then for each line on stdin (a timeout in
+# seconds) sends an Echo-Request and prints whether the Echo-Reply came
+# back: control bytes on a connection that lived through the switches.
+ECHOER = r"""
+import json,select,socket,sys,time
+sys.path.insert(0,sys.argv[1])
+from lab import pptp_proto as P
+s=socket.create_connection((sys.argv[2],1723))
+st=P.CtrlStream()
+def recv(want,timeout):
+    end=time.monotonic()+timeout
+    while True:
+        left=end-time.monotonic()
+        r=select.select([s],[],[],max(left,0))[0] if left>0 else []
+        if not r:
+            return None
+        data=s.recv(65536)
+        if not data:
+            return "eof"
+        for m in st.feed(data):
+            if m["type"]==P.ECHORQ:
+                s.sendall(P.echorp(m["ident"]))
+            elif want(m):
+                return m
+s.sendall(P.sccrq())
+if not isinstance(recv(lambda m:m["type"]==P.SCCRP,5),dict):
+    sys.exit("no SCCRP")
+s.sendall(P.ocrq(int(sys.argv[3]),serial=1))
+rp=recv(lambda m:m["type"]==P.OCRP,5)
+print(json.dumps({"port":s.getsockname()[1],"result":rp["result"] if isinstance(rp,dict) else None}),flush=True)
+ident=0
+for line in sys.stdin:
+    ident+=1
+    t=time.monotonic()
+    s.sendall(P.echorq(ident))
+    m=recv(lambda m:m["type"]==P.ECHORP and m["ident"]==ident,float(line))
+    print(json.dumps({"ok":isinstance(m,dict),"eof":m=="eof","s":round(time.monotonic()-t,3)}),flush=True)
+"""
+
+
+class Echoer:
+    """ECHOER in a client namespace."""
+
+    def __init__(self, lab, role, call_id):
+        self.proc = lab.spawn(role, [ha.PYTHON, "-c", ECHOER, TESTS, ha.SERVER, str(call_id)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = json.loads(self.proc.stdout.readline() or "null")
+        if not first or first["result"] != 1:
+            raise AssertionError("echoer in %s: %s %s" % (role, first, self.proc.stderr.read1(4000)))
+        self.port = first["port"]
+
+    def echo(self, timeout=3.0):
+        """{"ok": the Echo-Reply came, "s": seconds it took}."""
+        self.proc.stdin.write(b"%f\n" % timeout)
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
 class Failover(unittest.TestCase):
 
-    def test_takeover_keeps_calls(self):
-        with ha.HaPair(clients=CLIENTS) as lab:
+    def check_wire(self, lab, caps, calls, roles, phase, silent=()):
+        """In the captures ``caps``: the server saw GRE of exactly
+        ``calls`` (sessions), from/to the public VIP only; each client of
+        ``roles`` its own call's Call IDs; the ``silent`` roles no GRE."""
+        srv = gre_keys(caps["server"][1])
+        self.assertEqual(set(srv), {(ha.PUBLIC_VIP, ha.SERVER), (ha.SERVER, ha.PUBLIC_VIP)},
+                         "%s: GRE at the server %s" % (phase, srv))
+        self.assertEqual(srv[(ha.PUBLIC_VIP, ha.SERVER)], {s["outside_call_id"] for s in calls}, phase)
+        self.assertEqual(srv[(ha.SERVER, ha.PUBLIC_VIP)], {s["public_call_id"] for s in calls}, phase)
+        by_inside = {s["inside_address"]: s for s in calls}
+        for r in roles:
+            addr = lab.addr_of(r)
+            s = by_inside[addr]
+            self.assertEqual(gre_keys(caps[r][1]), {(addr, ha.SERVER): {s["outside_call_id"]},
+                                                    (ha.SERVER, addr): {s["inside_call_id"]}},
+                             "%s: %s" % (phase, r))
+        for r in silent:
+            self.assertEqual(gre_keys(caps[r][1]), {}, "%s: %s has no call" % (phase, r))
+
+    def test_takeover_and_failback(self):
+        with ha.HaPair(clients=CLIENTS + 1) as lab:
             self.assertEqual(lab.master(), "gw-a")
             a, b = lab.agents["gw-a"], lab.agents["gw-b"]
             lab.start_pptpd_at("server")
             start_plain_server(lab)
 
             roles = ["client%d" % i for i in range(1, CLIENTS + 1)]
+            new_role = "client%d" % (CLIENTS + 1)
             caps1 = captures(lab, roles, 1)
             clients = [RealClient(lab, i, server=ha.SERVER) for i in range(1, CLIENTS + 1)]
+            newcomer = RealClient(lab, CLIENTS + 1, server=ha.SERVER)
+            cleared = clients[-1]
+            started = list(clients)
             stop_probes = threading.Event()
             try:
                 for c in clients:
@@ -295,31 +488,8 @@ class Failover(unittest.TestCase):
                 for p, _path in caps1.values():
                     lab.stop_process(p)
 
-                recovered = {}
-
-                def probe(c):
-                    while time.monotonic() - m0 < GIVE_UP and not stop_probes.is_set():
-                        if c.exchange(1, timeout=PROBE_TIMEOUT, interval=0) == 1:
-                            recovered[c.index] = time.monotonic() - m0
-                            return
-                threads = [threading.Thread(target=probe, args=(c,), daemon=True) for c in clients]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                takeover = max(recovered.values()) if len(recovered) == CLIENTS else None
-                master_at = lab.notify_times("gw-b", "master: committing")
-                adopted_at = lab.notify_times("gw-b", "master: ha adopt")
-                log("gw-b notify:", lab.notify_log("gw-b").strip().replace("\n", " | "))
-                log("per client (s):", {i: round(t, 2) for i, t in sorted(recovered.items())})
-                if master_at:
-                    log("VRRP: gw-b master (notify) after %.2f s" % (master_at[-1] - t0))
-                if adopted_at:
-                    log("commit + adopt done after %.2f s" % (adopted_at[-1] - t0))
-                if takeover is not None:
-                    log("takeover: %.2f s until all %d calls echo" % (takeover, CLIENTS))
-                else:
-                    log("takeover: FAILED, %d of %d calls echo after %.0f s" % (len(recovered), CLIENTS, GIVE_UP))
+                recovered = probe_until_echo(clients, m0, stop_probes)
+                takeover = log_switch(lab, "takeover", "gw-b", t0, recovered, CLIENTS)
                 self.assertEqual(len(recovered), CLIENTS, "calls echoing again: %s; gw-b log: %s" % (
                     recovered, b.output()[-3000:]))
                 self.assertLess(takeover, TAKEOVER_BOUND)
@@ -355,33 +525,266 @@ class Failover(unittest.TestCase):
                 # ---- the wire: the same Call IDs before and after
                 for p, _path in caps2.values():
                     lab.stop_process(p)
-                by_inside = {s["inside_address"]: s for s in box["a"]}
                 for phase, caps in (("before", caps1), ("after", caps2)):
-                    srv = gre_keys(caps["server"][1])
-                    self.assertEqual(set(srv), {(ha.PUBLIC_VIP, ha.SERVER), (ha.SERVER, ha.PUBLIC_VIP)},
-                                     "%s: GRE at the server %s" % (phase, srv))
-                    self.assertEqual(srv[(ha.PUBLIC_VIP, ha.SERVER)], {s["outside_call_id"] for s in box["a"]},
-                                     phase)
-                    self.assertEqual(srv[(ha.SERVER, ha.PUBLIC_VIP)], {s["public_call_id"] for s in box["a"]},
-                                     phase)
-                    for r in roles:
-                        addr = lab.addr_of(r)
-                        s = by_inside[addr]
-                        seen = gre_keys(caps[r][1])
-                        self.assertEqual(seen, {(addr, ha.SERVER): {s["outside_call_id"]},
-                                                (ha.SERVER, addr): {s["inside_call_id"]}}, "%s: %s" % (phase, r))
+                    self.check_wire(lab, caps, box["a"], roles, phase)
                 log("captures: the same Call IDs at the clients and the server before and after")
+
+                # ---- gw-a comes back as a rebooted box: backup (nopreempt)
+                backups = lab.notify_log("gw-a").count("backup: done")
+                masters = lab.notify_log("gw-a").count("master: done")
+                r0 = time.monotonic()
+                lab.reboot("gw-a")
+                caps3 = captures(lab, roles + [new_role], 3)
+                self.assertTrue(wait_until(lambda: lab.notify_log("gw-a").count("backup: done") > backups, 15),
+                                lab.notify_log("gw-a"))
+                fresh = a.ha_stats()
+                log("gw-a rebooted, backup after %.2f s; its fresh agent's ha stats: %s" % (
+                    time.monotonic() - r0, fresh))
+                self.assertEqual(a.sessions(), [])
+                self.assertEqual((fresh["adoption_runs"], fresh["labelled_entries_seen"]), (1, 0), fresh)
+
+                def resynced():
+                    box["ext_a"] = lab.ctd("gw-a", "-e")
+                    return box["ext_a"].count("dport=1723") == CLIENTS and \
+                        box["ext_a"].count("dport=%d" % PLAIN_PORT) == 3
+                self.assertTrue(wait_until(resynced, 10), box.get("ext_a"))
+                log("resync: gw-a's external cache has gw-b's %d connections %.2f s after the reboot" % (
+                    CLIENTS + 3, time.monotonic() - r0))
+                for c in clients:
+                    self.assertEqual(c.exchange(3), 3, "client%d through gw-b, gw-a back" % c.index)
+
+                # ---- through gw-b: a new call, and one old call cleared
+                started.append(newcomer)
+                newcomer.start()
+                self.assertTrue(newcomer.wait_server_frame(10), newcomer.stderr_tail())
+                self.assertEqual(newcomer.exchange(5), 5, "the new call through gw-b")
+                new_addr, cleared_addr = lab.addr_of(new_role), cleared.localbind
+                self.assertTrue(wait_until(lambda: any(s["inside_address"] == new_addr and
+                                                       s["state"] == "established" for s in b.sessions()), 5))
+                new_call = [s for s in b.sessions() if s["inside_address"] == new_addr][0]
+                gone = [s for s in b.sessions() if s["inside_address"] == cleared_addr][0]
+                started.remove(cleared)
+                result = cleared.stop()
+                self.assertFalse(result.exited_early, result.stderr)
+                self.assertTrue(wait_until(lambda: all(s["inside_address"] != cleared_addr
+                                                       for s in b.sessions()), 5), b.sessions())
+                remaining = [s for s in box["a"] if s["inside_address"] != cleared_addr] + [new_call]
+                expected = sorted(triple(s) for s in remaining)
+                self.assertEqual(sorted(triple(s) for s in b.sessions()), expected)
+                new_label = control_label(lab, "gw-b", new_addr)
+                cleared_label = control_label(lab, "gw-b", cleared_addr)
+                log("through gw-b: new call", triple(new_call), "label", new_label, "; cleared",
+                    triple(gone), "label", cleared_label)
+                self.assertEqual(label_calls(new_label), 1, new_label)
+                self.assertTrue(cleared_label == "gone" or label_calls(cleared_label) == 0, cleared_label)
+                self.assertGreaterEqual(b.ha_stats()["labels_written"], 2, b.ha_stats())
+
+                # gw-a's conntrackd has the new connection (and what is left
+                # of the cleared one: its TIME_WAIT entry, label without calls).
+                self.assertTrue(wait_until(lambda: "src=%s " % new_addr in lab.ctd("gw-a", "-e"), 5),
+                                lab.ctd("gw-a", "-e"))
+                time.sleep(0.5)     # the last label updates reach gw-a
+                self.assertEqual(lab.master(), "gw-b")
+                self.assertEqual(lab.notify_log("gw-a").count("master: done"), masters,
+                                 "nopreempt: gw-a did not take the VIPs back")
+                self.assertEqual(lab.state("gw-a"), "backup")
+                log("gw-a stayed backup for %.2f s after the reboot (nopreempt)" % (time.monotonic() - r0))
+
+                # ---- gw-b fails: back to gw-a
+                live = clients[:-1] + [newcomer]
+                t0 = time.time()
+                m0 = time.monotonic()
+                lab.fail("gw-b")
+                rc = b.stop()
+                self.assertEqual(rc, 0, b.run_output()[-3000:])
+                caps4 = captures(lab, roles + [new_role], 4)
+                for p, _path in caps3.values():
+                    lab.stop_process(p)
+                recovered = probe_until_echo(live, m0, stop_probes)
+                failback = log_switch(lab, "failback", "gw-a", t0, recovered, len(live))
+                self.assertEqual(len(recovered), len(live), "calls echoing again: %s; gw-a log: %s" % (
+                    recovered, a.output()[-3000:]))
+                self.assertLess(failback, TAKEOVER_BOUND)
+                self.assertEqual(lab.master(), "gw-a")
+
+                for c in live:
+                    self.assertEqual(c.exchange(5), 5, "client%d after the failback" % c.index)
+                back = a.sessions()
+                log("gw-a sessions:", sorted(triple(s) for s in back))
+                self.assertEqual(sorted(triple(s) for s in back), expected)
+                self.assertTrue(wait_until(lambda: all(x["packets_in"] > 0 and x["packets_out"] > 0
+                                                       for x in a.sessions()), 5), a.sessions())
+                self.assertTrue(all(s["public_address"] == ha.PUBLIC_VIP for s in back), back)
+                stats = a.ha_stats()
+                log("gw-a ha stats:", stats)
+                log("gw-a drops:", {k: v for k, v in a.stats().get("dropped", {}).items() if v})
+                self.assertEqual(stats["calls_adopted"], len(live), stats)
+                self.assertEqual(stats["calls_already_known"], 0, stats)
+                self.assertEqual(stats["calls_in_conflict"], 0, stats)
+                self.assertEqual(stats["invalid_labels"], 2, stats)
+                self.assertEqual(stats["adoption_runs"], 2, stats)
+                # Labelled: the live calls' connections, the cleared one's
+                # (TIME_WAIT, its label without calls), the two foreign ones.
+                self.assertEqual(stats["labelled_entries_seen"], len(live) + 1 + 2, stats)
+                self.assertIn("adopted %d call(s)" % len(live), lab.notify_log("gw-a"))
+
+                for p, _path in caps4.values():
+                    lab.stop_process(p)
+                for phase, caps, calls, silent in (("through gw-b", caps3, remaining + [gone], ()),
+                                                   ("after the failback", caps4, remaining, (roles[-1],))):
+                    self.check_wire(lab, caps, calls, [r for r in roles + [new_role] if r not in silent],
+                                    phase, silent)
+                log("captures: the same Call IDs through gw-b and after the failback; none for the cleared call")
+
+                # The cleared call is not back: its public Call ID is not
+                # translated to its client.
+                reached, dropped = stray_gre_reaches(lab, a, roles[-1], gone["public_call_id"])
+                log("GRE to the cleared call's public Call ID %d: %d reached %s, %d dropped by gw-a's agent" % (
+                    gone["public_call_id"], reached, roles[-1], dropped))
+                self.assertEqual(reached, 0)
             finally:
                 stop_probes.set()
                 time.sleep(PROBE_TIMEOUT + 0.1)     # a probe under way ends
-                results = [c.stop() for c in clients]
+                results = [c.stop() for c in started]
             for r in results:
                 self.assertFalse(r.exited_early, r.stderr)
                 self.assertEqual(r.foreign_frames, 0, r)
-            # The clients cleared their calls through gw-b.
-            self.assertTrue(wait_until(lambda: b.sessions() == [], 10), b.sessions())
-            self.assertEqual(b.stop(), 0, b.run_output()[-3000:])
+            # The clients cleared their calls through gw-a.
+            self.assertTrue(wait_until(lambda: a.sessions() == [], 10), a.sessions())
+            self.assertEqual(a.stop(), 0, a.run_output()[-3000:])
 
+
+class OldAgentFailback(unittest.TestCase):
+    """gw-a comes back WITHOUT a reboot (its links down and up again; its
+    agent, with the calls it had, conntrackd and keepalived running on
+    throughout), then gw-b fails. One scenario (setUpClass), its findings
+    checked by the tests below; two are agent problems, marked
+    expectedFailure until src/ changes (an unexpected success fails the run:
+    then drop the mark)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.obs = obs = {}
+        with ha.HaPair(clients=4, name_hint="old") as lab:
+            a, b = lab.agents["gw-a"], lab.agents["gw-b"]
+            lab.start_pptpd_at("server")
+            c1, c2, c4 = (RealClient(lab, i, server=ha.SERVER) for i in (1, 2, 4))
+            started = [c1, c2]
+            stop = threading.Event()
+            echo_old = echo_new = None
+            try:
+                for c in (c1, c2):
+                    c.start()
+                for c in (c1, c2):
+                    assert c.wait_server_frame(10), c.stderr_tail()
+                # client3: a control connection with a call (no GRE) whose
+                # control bytes flow while gw-b is the active one.
+                echo_old = Echoer(lab, "client3", 4242)
+                assert wait_until(lambda: len(a.sessions()) == 3 and
+                                  lab.ctd("gw-b", "-e").count("dport=1723") == 3, 10), a.sessions()
+                obs["echo_a"] = echo_old.echo()
+                time.sleep(0.5)
+                # gw-a's links go down; its agent runs on.
+                t0, m0 = time.time(), time.monotonic()
+                lab.fail("gw-a")
+                obs["takeover"] = probe_until_echo([c1, c2], m0, stop)
+                log_switch(lab, "takeover (gw-a's agent left running)", "gw-b", t0, obs["takeover"], 2)
+                obs["echo_b"] = echo_old.echo(8.0)
+                # Links up again: backup (nopreempt), conntrackd resyncs.
+                backups = lab.notify_log("gw-a").count("backup: done")
+                masters = lab.notify_log("gw-a").count("master: done")
+                lab.restore("gw-a")
+                assert wait_until(lambda: lab.notify_log("gw-a").count("backup: done") > backups, 15)
+                assert wait_until(lambda: lab.ctd("gw-a", "-e").count("dport=1723") == 3, 10)
+                # Through gw-b: a new call (client4) and a new echoer beside
+                # it, an Echo on the old echoer's connection, client2's call
+                # cleared.
+                started.append(c4)
+                c4.start()
+                assert c4.wait_server_frame(10), c4.stderr_tail()
+                echo_new = Echoer(lab, "client4", 4343)
+                obs["echo_b2"] = echo_old.echo()
+                obs["echo_new_b"] = echo_new.echo()
+                obs["cleared"] = [s for s in b.sessions() if s["inside_address"] == c2.localbind][0]
+                started.remove(c2)
+                obs["c2"] = c2.stop()
+                assert wait_until(lambda: len(b.sessions()) == 4, 5), b.sessions()
+                obs["live"] = sorted(triple(s) for s in b.sessions())
+                assert wait_until(lambda: "src=%s " % c4.localbind in lab.ctd("gw-a", "-e"), 5)
+                time.sleep(0.5)
+                obs["a_backup"] = sorted(triple(s) for s in a.sessions())
+                obs["stayed_backup"] = lab.notify_log("gw-a").count("master: done") == masters
+                # gw-b fails: back to gw-a's old agent.
+                t0, m0 = time.time(), time.monotonic()
+                lab.fail("gw-b")
+                obs["b_rc"] = b.stop()
+                obs["failback"] = probe_until_echo([c1, c4], m0, stop)
+                obs["failback_s"] = log_switch(lab, "failback to the old agent", "gw-a", t0, obs["failback"], 2)
+                obs["adopt"] = [line for line in lab.notify_log("gw-a").splitlines() if "ha adopt" in line][-1]
+                obs["a_after"] = sorted(triple(s) for s in a.sessions())
+                obs["a_stats"] = a.ha_stats()
+                obs["echo_new_a"] = echo_new.echo(8.0)
+                obs["echo_old_a"] = echo_old.echo(8.0)
+                obs["a_drops"] = {k: v for k, v in a.stats().get("dropped", {}).items() if v}
+                obs["stray"] = stray_gre_reaches(lab, a, "client2", obs["cleared"]["public_call_id"])
+            finally:
+                stop.set()
+                time.sleep(PROBE_TIMEOUT + 0.1)
+                for e in (echo_old, echo_new):
+                    if e is not None:
+                        e.close()
+                obs["results"] = [c.stop() for c in started]
+            wait_until(lambda: len(a.sessions()) <= 2, 5)
+            obs["a_end"] = sorted(triple(s) for s in a.sessions())
+            obs["a_rc"] = a.stop()
+        log("old agent: gw-a's calls while backup:", obs["a_backup"])
+        log("old agent: live calls through gw-b:", obs["live"], "cleared:", triple(obs["cleared"]))
+        log("old agent: gw-a's adoption:", obs["adopt"].split(": ", 2)[-1])
+        log("old agent: gw-a's calls after the failback:", obs["a_after"])
+        log("old agent: Echo-Request on the old echoer's connection through gw-a, gw-b, gw-b, gw-a:",
+            [obs[k] for k in ("echo_a", "echo_b", "echo_b2", "echo_old_a")])
+        log("old agent: the same on the new echoer's, through gw-b, gw-a:", [obs["echo_new_b"], obs["echo_new_a"]])
+        log("old agent: gw-a drops:", obs["a_drops"])
+        log("old agent: GRE to the cleared call's public Call ID %d: %d reached client2, %d dropped" % (
+            (obs["cleared"]["public_call_id"],) + obs["stray"]))
+        log("old agent: gw-a's calls after every client ended:", obs["a_end"])
+
+    def test_live_calls_go_on(self):
+        """Every live call echoes after both switches; the old agent's
+        adoption counts its own calls as already known, takes the new ones,
+        no conflict; both agents exit 0."""
+        obs = self.obs
+        self.assertEqual(len(obs["takeover"]), 2, obs["takeover"])
+        self.assertEqual(len(obs["failback"]), 2, obs["failback"])
+        self.assertLess(obs["failback_s"], TAKEOVER_BOUND)
+        self.assertTrue(obs["stayed_backup"])
+        self.assertIn("adopted 2 call(s) from 5 labelled connection(s); 2 already here, 0 in conflict",
+                      obs["adopt"])
+        self.assertEqual(obs["a_stats"]["calls_in_conflict"], 0, obs["a_stats"])
+        for k in ("echo_a", "echo_b", "echo_b2", "echo_new_b", "echo_new_a"):
+            self.assertTrue(obs[k]["ok"], (k, obs[k]))
+        for r in obs["results"] + [obs["c2"]]:
+            self.assertFalse(r.exited_early, r.stderr)
+            self.assertEqual(r.foreign_frames, 0, r)
+        self.assertEqual((obs["a_rc"], obs["b_rc"]), (0, 0))
+
+    @unittest.expectedFailure
+    def test_ended_call_not_kept(self):
+        """Agent problem: the old agent keeps the call cleared through
+        gw-b (the ha adopt adds what the labels have and removes nothing),
+        and its offload translates GRE to that call's public Call ID to
+        client2 again."""
+        obs = self.obs
+        cleared = triple(obs["cleared"])
+        self.assertNotIn(cleared, obs["a_after"])
+        self.assertEqual(obs["stray"][0], 0, "GRE of the cleared call reached its client")
+
+    @unittest.expectedFailure
+    def test_control_connection_goes_on(self):
+        """Agent problem: a control connection whose bytes went through
+        gw-b meanwhile stalls on the old agent, whose TCP follower still
+        expects the old sequence numbers (control_hold_timeout)."""
+        self.assertTrue(self.obs["echo_old_a"]["ok"], self.obs["echo_old_a"])
 
 if __name__ == "__main__":
     run_tests()

@@ -33,6 +33,11 @@ lab, so the examples stay what the lab tests.  keepalived runs with
         lab.wait_master("gw-b")
         lab.agents["gw-b"].stats()["ha"]
 
+A failed gateway comes back with ``lab.reboot(role)`` (as a rebooted box:
+agent, conntrackd and keepalived restarted, the agent's rules and offload
+table removed and installed again, the kernel's conntrack flushed) or
+``lab.restore(role)`` (links up, everything on it as it was).
+
 Per gateway ``lab.gw_dir(role)`` holds its configs, logs
 (conntrackd.log, keepalived.log, ha-notify.log: the notify script's
 lines, each with a time stamp) and the agent's socket and log.
@@ -166,7 +171,8 @@ class HaAgent(Agent):
 
     def install_rules(self):
         super().install_rules()
-        if self.own_label_rule:
+        if self.own_label_rule and self.lab.router_exec(
+                ["iptables", "-w"] + CONNLABEL_RULE[:2] + ["-C"] + CONNLABEL_RULE[3:], check=False).returncode != 0:
             self.lab.router_exec(["iptables", "-w"] + CONNLABEL_RULE)
 
     def ha_adopt(self):
@@ -381,8 +387,50 @@ class HaPair(topology.Topology):
         """The gateway fails as a dead box does for the network: all its
         links down at once (keepalived there sees it and goes to FAULT)."""
         self.failed.add(role)
+        self._links(role, "down")
+
+    def _links(self, role, updown):
         netns.run(["ip", "-n", self.ns_name(role), "-batch", "-"],
-                  input="".join("link set %s down\n" % i for i in (INSIDE_IF, OUTSIDE_IF, SYNC_IF)))
+                  input="".join("link set %s %s\n" % (i, updown) for i in (INSIDE_IF, OUTSIDE_IF, SYNC_IF)))
+
+    def restore(self, role):
+        """The failed gateway's links up again, everything on it as it was
+        (a cable or a switch port back, no reboot): its agent, conntrackd
+        and keepalived go on with what they had (keepalived leaves FAULT
+        for BACKUP, nopreempt keeps it there)."""
+        self.failed.discard(role)
+        self._links(role, "up")
+
+    def reboot(self, role):
+        """The failed gateway comes back as a rebooted box: what ran there
+        is gone (agent, conntrackd, keepalived stopped; the agent's rules
+        and its GRE offload table removed; the kernel's conntrack table
+        flushed), then, links up, it boots as the README sets a gateway up:
+        the rules (--conntrack-labels), a fresh pptp-fixupd --ha-sync
+        connlabel (its start-up adoption finds no labels), conntrackd,
+        keepalived (BACKUP, nopreempt: it does not take the VIPs back)."""
+        agent = self.agents.get(role)
+        if agent is not None:
+            agent.stop()
+            agent.remove_rules()
+        for procs in (self.keepalived, self.conntrackd):
+            p = procs.pop(role, None)
+            if p is not None:
+                self.stop_process(p, timeout=3.0, sig=signal.SIGTERM)
+        # A reboot starts with an empty /run (the lock) and kernel.
+        for name in ("conntrackd.lock", "conntrackd.ctl"):
+            try:
+                os.unlink(os.path.join(self.gw_dir(role), name))
+            except FileNotFoundError:
+                pass
+        self.exec(role, ["conntrack", "-F"], check=False)
+        self._links(role, "up")
+        self.failed.discard(role)
+        if agent is not None:
+            agent.install_rules()
+            agent.start()
+        self.start_conntrackd(role)
+        self.start_keepalived(role)
 
     def ctd(self, role, *args, check=True):
         return self.exec(role, ["conntrackd", "-C", self.conntrackd_conf(role)] + list(args), check=check).stdout
