@@ -387,7 +387,8 @@ int main(int argc, char** argv) {
             std::cout << "adopted " << reply.value("adopted", 0) << " call(s) from "
                       << reply.value("labelled_connections", 0) << " labelled connection(s); "
                       << reply.value("already_known", 0) << " already here, " << reply.value("conflicts", 0)
-                      << " in conflict, " << reply.value("invalid_labels", 0) << " label(s) not ours or damaged\n";
+                      << " in conflict, " << reply.value("invalid_labels", 0) << " label(s) not ours or damaged, "
+                      << reply.value("ended_elsewhere", 0) << " call(s) here that ended on the other gateway\n";
         } else if (command == "clear") {
             std::cout << "cleared " << reply.value("cleared", 0) << " session(s)\n";
         } else {

@@ -437,11 +437,12 @@ RulesSettings Agent::rules_settings() const {
 }
 
 nlohmann::json Agent::adopt_from_conntrack() {
-    const AdoptionReport report = ha_->adopt(*table_, options_.public_address);
+    const AdoptionReport report = ha_->adopt(*table_, *handler_, options_.public_address);
     std::string line = "conntrack labels: " + std::to_string(report.entries) + " labelled connection(s), " +
                        std::to_string(report.adopted) + " call(s) adopted, " + std::to_string(report.already_known) +
                        " already here, " + std::to_string(report.conflicts) + " in conflict, " +
-                       std::to_string(report.invalid_labels) + " label(s) not ours or damaged";
+                       std::to_string(report.invalid_labels) + " label(s) not ours or damaged, " +
+                       std::to_string(report.ended_elsewhere) + " call(s) here that ended on the other gateway";
     if (report.dump_failed) {
         line += "; the dump failed: " + std::string(std::strerror(report.error));
     }
@@ -452,10 +453,12 @@ nlohmann::json Agent::adopt_from_conntrack() {
                      {"adopted", report.adopted},
                      {"already_known", report.already_known},
                      {"conflicts", report.conflicts},
-                     {"invalid_labels", report.invalid_labels}});
+                     {"invalid_labels", report.invalid_labels},
+                     {"ended_elsewhere", report.ended_elsewhere}});
     nlohmann::json result = {{"labelled_connections", report.entries},  {"adopted", report.adopted},
                              {"already_known", report.already_known},   {"conflicts", report.conflicts},
-                             {"invalid_labels", report.invalid_labels}, {"dump_failed", report.dump_failed}};
+                             {"invalid_labels", report.invalid_labels}, {"ended_elsewhere", report.ended_elsewhere},
+                             {"resynchronized", report.resynchronized}, {"dump_failed", report.dump_failed}};
     if (report.dump_failed) {
         result["dump_error"] = std::strerror(report.error);
     }

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "nat/packet_handler.hpp"
 #include "pptp/inet.hpp"
@@ -98,11 +99,32 @@ void HaLabelSync::write(const nat::ControlConnection& conn, const nat::Call* lea
     }
 }
 
-AdoptionReport HaLabelSync::adopt(nat::CallTable& table, std::optional<std::uint32_t> public_address) {
+namespace {
+
+bool names(const ha::ConnectionLabel& label, const nat::Call& call) {
+    for (std::size_t i = 0; i < label.call_count; ++i) {
+        const ha::LabelledCall& labelled = label.calls[i];
+        if (labelled.inside_call_id == call.inside_call_id && labelled.public_call_id == call.public_call_id &&
+            labelled.outside_call_id == call.outside_call_id) {
+            return true;
+        }
+    }
+    return false;
+}
+
+}  // namespace
+
+AdoptionReport HaLabelSync::adopt(nat::CallTable& table, nat::PacketHandler& handler,
+                                  std::optional<std::uint32_t> public_address) {
     AdoptionReport report;
     ++adoption_runs_;
     const nat::Instant now = table.now();
-    report.dump_failed = !conntrack_.for_each_labelled_tcp([&](const nfq::LabelledEntry& entry) {
+    // Read first, adopt after: adopting may write labels (a call torn down)
+    // over the same socket, which must not happen inside the dump.
+    std::vector<nfq::LabelledEntry> entries;
+    report.dump_failed =
+        !conntrack_.for_each_labelled_tcp([&entries](const nfq::LabelledEntry& entry) { entries.push_back(entry); });
+    for (const nfq::LabelledEntry& entry : entries) {
         ++report.entries;
         ha::LabelError error = ha::LabelError::None;
         const auto label = ha::decode_label(entry.label, error);
@@ -112,9 +134,25 @@ AdoptionReport HaLabelSync::adopt(nat::CallTable& table, std::optional<std::uint
         }
         if (!adopted) {
             ++report.invalid_labels;
-            return;
+            continue;
         }
         adopted->created = now;
+        if (nat::ControlConnection* known = table.find_connection(adopted->connection); known != nullptr) {
+            if (label->call_count < ha::ConnectionLabel::kMaxCalls) {
+                std::vector<nat::Call*> ended;
+                for (nat::Call* call : known->calls) {
+                    if (call->state == nat::CallState::Established && !names(*label, *call)) {
+                        ended.push_back(call);
+                    }
+                }
+                for (nat::Call* call : ended) {
+                    table.remove_call(*call, nat::TeardownReason::NotInHaLabel);
+                    ++report.ended_elsewhere;
+                }
+            }
+            handler.resynchronize(*known);
+            ++report.resynchronized;
+        }
         for (std::size_t i = 0; i < label->call_count; ++i) {
             const ha::LabelledCall& labelled = label->calls[i];
             adopted->outgoing = labelled.outgoing;
@@ -141,7 +179,7 @@ AdoptionReport HaLabelSync::adopt(nat::CallTable& table, std::optional<std::uint
             (void)table.offer_offload(*call);
             ++report.adopted;
         }
-    });
+    }
     if (report.dump_failed) {
         report.error = conntrack_.last_error();
     }
@@ -150,6 +188,8 @@ AdoptionReport HaLabelSync::adopt(nat::CallTable& table, std::optional<std::uint
     adopted_total_.already_known += report.already_known;
     adopted_total_.conflicts += report.conflicts;
     adopted_total_.invalid_labels += report.invalid_labels;
+    adopted_total_.ended_elsewhere += report.ended_elsewhere;
+    adopted_total_.resynchronized += report.resynchronized;
     return report;
 }
 
@@ -164,7 +204,9 @@ nlohmann::json HaLabelSync::stats() const {
             {"calls_adopted", adopted_total_.adopted},
             {"calls_already_known", adopted_total_.already_known},
             {"calls_in_conflict", adopted_total_.conflicts},
-            {"invalid_labels", adopted_total_.invalid_labels}};
+            {"invalid_labels", adopted_total_.invalid_labels},
+            {"calls_ended_elsewhere", adopted_total_.ended_elsewhere},
+            {"connections_resynchronized", adopted_total_.resynchronized}};
 }
 
 }  // namespace agent

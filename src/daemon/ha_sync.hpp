@@ -15,6 +15,7 @@
 #include "common/log.hpp"
 #include "ha/connection_label.hpp"
 #include "nat/call_table.hpp"
+#include "nat/packet_handler.hpp"
 #include "nfq/conntrack.hpp"
 
 namespace agent {
@@ -30,11 +31,13 @@ namespace agent {
                                                             std::optional<std::uint32_t> public_address);
 
 struct AdoptionReport {
-    std::uint64_t entries = 0;         // labelled TCP entries seen
-    std::uint64_t adopted = 0;         // calls taken into the table
-    std::uint64_t already_known = 0;   // calls the table had (this agent wrote them)
-    std::uint64_t conflicts = 0;       // Call IDs taken by another call, or a limit reached
-    std::uint64_t invalid_labels = 0;  // labels that are not ours or are damaged
+    std::uint64_t entries = 0;          // labelled TCP entries seen
+    std::uint64_t adopted = 0;          // calls taken into the table
+    std::uint64_t already_known = 0;    // calls the table had (this agent wrote them)
+    std::uint64_t conflicts = 0;        // Call IDs taken by another call, or a limit reached
+    std::uint64_t ended_elsewhere = 0;  // calls here that a known connection's label no longer names
+    std::uint64_t resynchronized = 0;   // known connections whose streams are picked up again
+    std::uint64_t invalid_labels = 0;   // labels that are not ours or are damaged
     bool dump_failed = false;
     int error = 0;  // errno of a failed dump
 };
@@ -52,7 +55,13 @@ public:
     // Adopts the calls of every labelled control connection in the
     // conntrack table; those the table takes go on the queue path and are
     // then offered to the offload. `public_address`: --public-address.
-    AdoptionReport adopt(nat::CallTable& table, std::optional<std::uint32_t> public_address);
+    // A label is the truth about a connection this agent knows already (it
+    // was active before, the other gateway carried the connection since):
+    // its established calls that the label no longer names are torn down
+    // (when the label has room for them), and its streams are picked up
+    // again where they are now.
+    AdoptionReport adopt(nat::CallTable& table, nat::PacketHandler& handler,
+                         std::optional<std::uint32_t> public_address);
 
     [[nodiscard]] nlohmann::json stats() const;
 

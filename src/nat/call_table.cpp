@@ -40,6 +40,7 @@ std::string_view teardown_reason_name(TeardownReason r) noexcept {
         case TeardownReason::FixupDisabled: return "fixup-disabled";
         case TeardownReason::ProtocolViolation: return "protocol-violation";
         case TeardownReason::CallRefused: return "call-refused";
+        case TeardownReason::NotInHaLabel: return "not-in-ha-label";
     }
     return "unknown";
 }

@@ -103,6 +103,7 @@ enum class TeardownReason : std::uint8_t {
     FixupDisabled,
     ProtocolViolation,
     CallRefused,
+    NotInHaLabel,  // ended on the other gateway of an HA pair (its label no longer names it)
 };
 
 [[nodiscard]] std::string_view state_name(ConnectionState s) noexcept;
@@ -151,6 +152,11 @@ struct ControlConnection {
     // State Reset: whether the peer that sends in each Direction has been
     // sent its RST.
     std::array<bool, 2> reset_sent{};
+    // Another gateway carried the stream for a while (an HA takeover): at the
+    // next data segment of each direction, one that starts a message where
+    // the follower expects none is picked up there instead of waiting for
+    // bytes that went elsewhere.
+    std::array<bool, 2> resync_pending{};
     std::vector<Call*> calls;
     std::uint64_t messages = 0;
     // Which side (a Direction value: 0 = inside sends, 1 = outside sends)

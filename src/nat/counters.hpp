@@ -41,7 +41,8 @@ namespace nat {
     X(calls_offloaded)                 \
     X(calls_offload_failed)            \
     X(calls_offload_withdraw_failed)   \
-    X(calls_adopted)
+    X(calls_adopted)                   \
+    X(control_streams_resynchronized)
 
 // Why a packet was dropped. One counter each; names are stable API.
 #define PPTP_FIXUP_DROP_REASONS(X)  \

@@ -145,6 +145,11 @@ std::size_t PacketHandler::expire_held() {
     return expired;
 }
 
+void PacketHandler::resynchronize(ControlConnection& conn) {
+    follower_.forget(conn.id);
+    conn.resync_pending = {true, true};
+}
+
 Verdict PacketHandler::drop(DropReason reason, std::uint32_t source, std::uint32_t destination) {
     counters_.drop(reason);
     counters_.add(EventCounter::packets_dropped);
@@ -311,6 +316,14 @@ Verdict PacketHandler::handle_control(Direction dir, std::span<std::uint8_t> pac
     }
     if (conn->state == ConnectionState::Reset) {
         return reset_segment(*conn, dir, packet, ip_header_length, *tcp);
+    }
+    if (payload_size > 0 && !tcp->syn && conn->resync_pending[index]) {
+        conn->resync_pending[index] = false;
+        if (conn->tcp.sides[index].synchronized && tcp->sequence != conn->tcp.sides[index].next_sequence &&
+            starts_message) {
+            conn->tcp.sides[index].synchronized = false;  // picked up again just below
+            counters_.add(EventCounter::control_streams_resynchronized);
+        }
     }
     if (payload_size > 0 && !tcp->syn && !conn->tcp.sides[index].synchronized) {
         if (!starts_message) {

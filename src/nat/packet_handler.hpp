@@ -96,6 +96,12 @@ public:
     // Whether a process on the gateway holds a raw GRE socket (LocalGre::Auto).
     void set_gateway_gre(bool open) noexcept { gateway_gre_ = open; }
 
+    // The connection's stream went through another gateway meanwhile (an HA
+    // takeover): its held segments are dropped (TCP resends them) and each
+    // direction is picked up again at its next segment that starts a message
+    // out of sequence; one in sequence goes on as before.
+    void resynchronize(ControlConnection& conn);
+
     // Held segments past their time: cut before an incomplete field, or
     // dropped. Call a few times a second.
     std::size_t expire_held();

@@ -51,12 +51,12 @@ OldAgentFailback: the same round trip, but gw-a comes back WITHOUT a
 reboot (links down and up, its agent, conntrackd and keepalived running on).
 The live calls go on (the old agent's adoption counts its own calls as
 already known, takes the new ones, no conflict), and a control connection
-opened through gw-b goes on through gw-a. Two agent problems are kept as
-expectedFailure tests until src/ changes: the old agent keeps the call
-cleared through gw-b (and its GRE to that public Call ID reaches the
-cleared client again), and a control connection whose bytes went through
-gw-b meanwhile stalls on the old agent (its TCP follower waits for bytes it
-never saw: control_hold_timeout; an Echo-Request goes unanswered). The control
+opened through gw-b goes on through gw-a. The labels are the truth about
+connections the old agent knew: the call cleared through gw-b is torn down
+on gw-a at the adoption (not-in-ha-label; its GRE to that public Call ID is
+dropped, it never reaches the cleared client), and a control connection
+whose bytes went through gw-b meanwhile goes on through gw-a (its streams
+are picked up again where they are: an Echo-Request is answered). The control
 bytes come from a small PNS of the test's own (Echoer: SCCRQ, OCRQ, then
 Echo-Requests on demand).
 
@@ -658,9 +658,7 @@ class OldAgentFailback(unittest.TestCase):
     """gw-a comes back WITHOUT a reboot (its links down and up again; its
     agent, with the calls it had, conntrackd and keepalived running on
     throughout), then gw-b fails. One scenario (setUpClass), its findings
-    checked by the tests below; two are agent problems, marked
-    expectedFailure until src/ changes (an unexpected success fails the run:
-    then drop the mark)."""
+    checked by the tests below."""
 
     @classmethod
     def setUpClass(cls):
@@ -768,23 +766,23 @@ class OldAgentFailback(unittest.TestCase):
             self.assertEqual(r.foreign_frames, 0, r)
         self.assertEqual((obs["a_rc"], obs["b_rc"]), (0, 0))
 
-    @unittest.expectedFailure
     def test_ended_call_not_kept(self):
-        """Agent problem: the old agent keeps the call cleared through
-        gw-b (the ha adopt adds what the labels have and removes nothing),
-        and its offload translates GRE to that call's public Call ID to
-        client2 again."""
+        """The call cleared through gw-b is torn down on the old agent at
+        its adoption (its label no longer names it), and GRE to its public
+        Call ID reaches no client."""
         obs = self.obs
         cleared = triple(obs["cleared"])
         self.assertNotIn(cleared, obs["a_after"])
+        self.assertEqual(obs["a_stats"]["calls_ended_elsewhere"], 1, obs["a_stats"])
         self.assertEqual(obs["stray"][0], 0, "GRE of the cleared call reached its client")
 
-    @unittest.expectedFailure
     def test_control_connection_goes_on(self):
-        """Agent problem: a control connection whose bytes went through
-        gw-b meanwhile stalls on the old agent, whose TCP follower still
-        expects the old sequence numbers (control_hold_timeout)."""
+        """A control connection whose bytes went through gw-b meanwhile
+        goes on through the old agent: its streams are picked up again
+        where they are now, not where the old agent last saw them."""
         self.assertTrue(self.obs["echo_old_a"]["ok"], self.obs["echo_old_a"])
+        self.assertGreaterEqual(self.obs["a_stats"]["connections_resynchronized"], 1, self.obs["a_stats"])
+        self.assertEqual(self.obs["a_drops"].get("control_hold_timeout", 0), 0, self.obs["a_drops"])
 
 if __name__ == "__main__":
     run_tests()

@@ -617,6 +617,31 @@ TEST_F(PacketHandlerTest, StreamPickedUpAfterRestart) {
     EXPECT_TRUE(gre_in(kServer, kPublic, 7).accept);
 }
 
+TEST_F(PacketHandlerTest, AStreamCarriedElsewhereIsPickedUpAgainAfterResynchronize) {
+    Flow f{kClient1, 40000};
+    handshake(f);
+    out(f, sccrq());
+    in(f, sccrp());
+    out(f, ocrq(7));
+    in(f, ocrp(300, 7));
+    ControlConnection* conn = table->find_connection(ConnectionKey{kClient1, kServer, 40000, 1723});
+    ASSERT_NE(conn, nullptr);
+    // Another gateway carried 96 bytes each way meanwhile (an HA takeover):
+    // without a resync the next message would wait for bytes it never sees.
+    handler->resynchronize(*conn);
+    f.out_seq += 96;
+    f.in_seq += 96;
+    EXPECT_FALSE(out(f, echo_request(5)).empty());
+    EXPECT_FALSE(in(f, echo_reply(5)).empty());
+    EXPECT_EQ(counters.get(EventCounter::control_streams_resynchronized), 2u);
+    EXPECT_EQ(handler->held_segments(), 0u);
+    // In sequence after a resync: nothing to pick up, nothing counted.
+    handler->resynchronize(*conn);
+    EXPECT_FALSE(out(f, echo_request(6)).empty());
+    EXPECT_EQ(counters.get(EventCounter::control_streams_resynchronized), 2u);
+    EXPECT_TRUE(gre_in(kServer, kPublic, 7).accept);
+}
+
 class RandomIdTest : public PacketHandlerTest {
 protected:
     static TableConfig random_ids() {
