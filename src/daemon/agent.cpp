@@ -437,7 +437,8 @@ RulesSettings Agent::rules_settings() const {
 }
 
 nlohmann::json Agent::adopt_from_conntrack() {
-    const AdoptionReport report = ha_->adopt(*table_, *handler_, options_.public_address);
+    const std::vector<std::uint16_t> ports = fixup_ports();
+    const AdoptionReport report = ha_->adopt(*table_, *handler_, ports, options_.public_address);
     std::string line = "conntrack labels: " + std::to_string(report.entries) + " labelled connection(s), " +
                        std::to_string(report.adopted) + " call(s) adopted, " + std::to_string(report.already_known) +
                        " already here, " + std::to_string(report.conflicts) + " in conflict, " +
@@ -458,7 +459,8 @@ nlohmann::json Agent::adopt_from_conntrack() {
     nlohmann::json result = {{"labelled_connections", report.entries},  {"adopted", report.adopted},
                              {"already_known", report.already_known},   {"conflicts", report.conflicts},
                              {"invalid_labels", report.invalid_labels}, {"ended_elsewhere", report.ended_elsewhere},
-                             {"resynchronized", report.resynchronized}, {"dump_failed", report.dump_failed}};
+                             {"resynchronized", report.resynchronized}, {"kernel_filter", report.kernel_filter},
+                             {"dump_failed", report.dump_failed}};
     if (report.dump_failed) {
         result["dump_error"] = std::strerror(report.error);
     }

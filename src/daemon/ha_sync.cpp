@@ -115,15 +115,16 @@ bool names(const ha::ConnectionLabel& label, const nat::Call& call) {
 }  // namespace
 
 AdoptionReport HaLabelSync::adopt(nat::CallTable& table, nat::PacketHandler& handler,
-                                  std::optional<std::uint32_t> public_address) {
+                                  std::span<const std::uint16_t> ports, std::optional<std::uint32_t> public_address) {
     AdoptionReport report;
     ++adoption_runs_;
     const nat::Instant now = table.now();
     // Read first, adopt after: adopting may write labels (a call torn down)
     // over the same socket, which must not happen inside the dump.
     std::vector<nfq::LabelledEntry> entries;
-    report.dump_failed =
-        !conntrack_.for_each_labelled_tcp([&entries](const nfq::LabelledEntry& entry) { entries.push_back(entry); });
+    report.dump_failed = !conntrack_.for_each_labelled_tcp(
+        ports, [&entries](const nfq::LabelledEntry& entry) { entries.push_back(entry); });
+    report.kernel_filter = conntrack_.kernel_filter_used();
     for (const nfq::LabelledEntry& entry : entries) {
         ++report.entries;
         ha::LabelError error = ha::LabelError::None;

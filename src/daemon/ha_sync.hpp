@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -39,7 +40,8 @@ struct AdoptionReport {
     std::uint64_t resynchronized = 0;   // known connections whose streams are picked up again
     std::uint64_t invalid_labels = 0;   // labels that are not ours or are damaged
     bool dump_failed = false;
-    int error = 0;  // errno of a failed dump
+    bool kernel_filter = false;  // the kernel sent only the fixup ports' entries
+    int error = 0;               // errno of a failed dump
 };
 
 class HaLabelSync final : public nat::TableObserver {
@@ -60,7 +62,8 @@ public:
     // its established calls that the label no longer names are torn down
     // (when the label has room for them), and its streams are picked up
     // again where they are now.
-    AdoptionReport adopt(nat::CallTable& table, nat::PacketHandler& handler,
+    // Only connections opened to one of `ports` (the fixup ports) are read.
+    AdoptionReport adopt(nat::CallTable& table, nat::PacketHandler& handler, std::span<const std::uint16_t> ports,
                          std::optional<std::uint32_t> public_address);
 
     [[nodiscard]] nlohmann::json stats() const;

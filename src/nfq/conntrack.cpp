@@ -1,12 +1,17 @@
 #include "nfq/conntrack.hpp"
 
 #include <arpa/inet.h>
+#include <libmnl/libmnl.h>
 #include <libnetfilter_conntrack/libnetfilter_conntrack.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
 #include <netinet/in.h>
 
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <string>
+#include <vector>
 
 namespace nfq {
 
@@ -93,13 +98,14 @@ struct DumpState {
     const std::function<void(const LabelledEntry&)>* each = nullptr;
 };
 
-int on_dumped(enum nf_conntrack_msg_type /*type*/, struct nf_conntrack* ct, void* data) {
+// Hands a TCP entry with a label that is not all zero to the dump's caller.
+void take_labelled(const nf_conntrack* ct, const std::function<void(const LabelledEntry&)>& each) {
     if (nfct_get_attr_u8(ct, ATTR_ORIG_L4PROTO) != IPPROTO_TCP) {
-        return NFCT_CB_CONTINUE;
+        return;
     }
     const auto* bits = static_cast<const nfct_bitmask*>(nfct_get_attr(ct, ATTR_CONNLABELS));
     if (bits == nullptr) {
-        return NFCT_CB_CONTINUE;
+        return;
     }
     LabelledEntry entry;
     const unsigned int last = nfct_bitmask_maxbit(bits);
@@ -111,7 +117,7 @@ int on_dumped(enum nf_conntrack_msg_type /*type*/, struct nf_conntrack* ct, void
         }
     }
     if (!any) {
-        return NFCT_CB_CONTINUE;
+        return;
     }
     entry.tuples.original_source = ntohl(nfct_get_attr_u32(ct, ATTR_ORIG_IPV4_SRC));
     entry.tuples.original_destination = ntohl(nfct_get_attr_u32(ct, ATTR_ORIG_IPV4_DST));
@@ -121,8 +127,70 @@ int on_dumped(enum nf_conntrack_msg_type /*type*/, struct nf_conntrack* ct, void
     entry.original_destination_port = ntohs(nfct_get_attr_u16(ct, ATTR_ORIG_PORT_DST));
     entry.reply_source_port = ntohs(nfct_get_attr_u16(ct, ATTR_REPL_PORT_SRC));
     entry.reply_destination_port = ntohs(nfct_get_attr_u16(ct, ATTR_REPL_PORT_DST));
-    (*static_cast<DumpState*>(data)->each)(entry);
+    each(entry);
+}
+
+int on_dumped(enum nf_conntrack_msg_type /*type*/, struct nf_conntrack* ct, void* data) {
+    take_labelled(ct, *static_cast<DumpState*>(data)->each);
     return NFCT_CB_CONTINUE;
+}
+
+// The kernel's CTA_FILTER flags (net/netfilter/nf_conntrack_netlink.c; not
+// in the uapi headers): which attributes of the filter tuple must match.
+constexpr std::uint32_t kFilterProtoNumber = 1U << 3U;
+constexpr std::uint32_t kFilterProtoDestinationPort = 1U << 5U;
+
+int on_filtered(const nlmsghdr* nlh, void* data) {
+    std::unique_ptr<nf_conntrack, void (*)(nf_conntrack*)> ct(nfct_new(), nfct_destroy);
+    if (ct && nfct_nlmsg_parse(nlh, ct.get()) >= 0) {
+        take_labelled(ct.get(), *static_cast<const std::function<void(const LabelledEntry&)>*>(data));
+    }
+    return MNL_CB_OK;
+}
+
+// One filtered dump; false with errno set when it failed.
+bool filtered_dump(std::uint16_t port, const std::function<void(const LabelledEntry&)>& each) {
+    std::unique_ptr<mnl_socket, int (*)(mnl_socket*)> nl(mnl_socket_open(NETLINK_NETFILTER), mnl_socket_close);
+    if (!nl || mnl_socket_bind(nl.get(), 0, MNL_SOCKET_AUTOPID) < 0) {
+        return false;
+    }
+    std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
+    nlmsghdr* nlh = mnl_nlmsg_put_header(buffer.data());
+    nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8U) | IPCTNL_MSG_CT_GET;
+    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    const auto sequence = static_cast<unsigned int>(std::time(nullptr));
+    nlh->nlmsg_seq = sequence;
+    auto* header = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(nfgenmsg)));
+    header->nfgen_family = AF_INET;
+    header->version = NFNETLINK_V0;
+    header->res_id = 0;
+    nlattr* tuple = mnl_attr_nest_start(nlh, CTA_TUPLE_ORIG);
+    nlattr* proto = mnl_attr_nest_start(nlh, CTA_TUPLE_PROTO);
+    mnl_attr_put_u8(nlh, CTA_PROTO_NUM, IPPROTO_TCP);
+    mnl_attr_put_u16(nlh, CTA_PROTO_DST_PORT, htons(port));
+    mnl_attr_nest_end(nlh, proto);
+    mnl_attr_nest_end(nlh, tuple);
+    nlattr* filter = mnl_attr_nest_start(nlh, CTA_FILTER);
+    mnl_attr_put_u32(nlh, CTA_FILTER_ORIG_FLAGS, kFilterProtoNumber | kFilterProtoDestinationPort);
+    mnl_attr_nest_end(nlh, filter);
+    if (mnl_socket_sendto(nl.get(), nlh, nlh->nlmsg_len) < 0) {
+        return false;
+    }
+    const unsigned int portid = mnl_socket_get_portid(nl.get());
+    auto* data = const_cast<std::function<void(const LabelledEntry&)>*>(&each);
+    for (;;) {
+        const ssize_t n = mnl_socket_recvfrom(nl.get(), buffer.data(), buffer.size());
+        if (n < 0) {
+            return false;
+        }
+        const int r = mnl_cb_run(buffer.data(), static_cast<std::size_t>(n), sequence, portid, on_filtered, data);
+        if (r == MNL_CB_STOP) {
+            return true;
+        }
+        if (r < 0) {
+            return false;
+        }
+    }
 }
 
 }  // namespace
@@ -170,6 +238,25 @@ bool ConntrackTable::set_tcp_label(std::uint32_t source, std::uint16_t source_po
     }
     last_error_ = ENOENT;
     return false;
+}
+
+bool ConntrackTable::for_each_labelled_tcp(std::span<const std::uint16_t> ports,
+                                           const std::function<void(const LabelledEntry&)>& each) {
+    std::vector<LabelledEntry> found;
+    const std::function<void(const LabelledEntry&)> keep = [&found](const LabelledEntry& e) { found.push_back(e); };
+    for (const std::uint16_t port : ports) {
+        if (!filtered_dump(port, keep)) {
+            // A kernel without CTA_FILTER refuses it (EINVAL, EOPNOTSUPP):
+            // the whole table then, once.
+            kernel_filter_used_ = false;
+            return for_each_labelled_tcp(each);
+        }
+    }
+    kernel_filter_used_ = true;
+    for (const LabelledEntry& e : found) {
+        each(e);
+    }
+    return true;
 }
 
 bool ConntrackTable::for_each_labelled_tcp(const std::function<void(const LabelledEntry&)>& each) {

@@ -138,6 +138,8 @@ class HaLabels(unittest.TestCase):
             # A second run finds them here already.
             r = lab.agent.ctl_json("ha", "adopt")
             self.assertEqual((r["adopted"], r["already_known"]), (0, 2), r)
+            # This kernel filters the dump itself (the fixup port's entries only).
+            self.assertTrue(r["kernel_filter"], r)
             # A call that ends leaves its label with no call: adopting again
             # brings nothing back.
             r = calls[0].finish("clear")
