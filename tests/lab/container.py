@@ -35,6 +35,9 @@ _active = []
 _lock = threading.Lock()
 
 
+MASKED_UNITS = ("conntrackd.service", "keepalived.service", "pptpd.service")
+
+
 @atexit.register
 def _close_all():
     for c in list(_active):
@@ -82,6 +85,16 @@ class Container:
         netns.run(["mount", "-t", "overlay", "overlay", "-o",
                    "lowerdir=/,upperdir=%s,workdir=%s" % (upper, work), self.root])
         self._mounted = True
+        # Daemons the test run installed on this machine (whose packages
+        # enable them) would start in the gateway's namespace with their
+        # default configs: masked in this container only.
+        system = os.path.join(self.root, "etc/systemd/system")
+        os.makedirs(system, exist_ok=True)
+        for unit in MASKED_UNITS:
+            link = os.path.join(system, unit)
+            if os.path.lexists(link):
+                os.unlink(link)
+            os.symlink("/dev/null", link)
         self.console_path = os.path.join(self.dir, "console.log")
         self._console = open(self.console_path, "w+b")
         self.proc = subprocess.Popen(
