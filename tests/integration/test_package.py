@@ -117,13 +117,18 @@ class Package(unittest.TestCase):
         for line in listing.splitlines():
             fields = line.split()
             modes[fields[5].lstrip(".")] = fields[0]
-        for path in ("/usr/sbin/pptp-fixupd", "/usr/sbin/pptp-fixupctl", "/usr/sbin/pptp-fixup-rules"):
+        for path in ("/usr/sbin/pptp-fixupd", "/usr/sbin/pptp-fixupctl", "/usr/sbin/pptp-fixup-rules",
+                     "/usr/share/doc/pptp-fixup/examples/ha/pptp-fixup-ha-notify"):
             self.assertEqual(modes.get(path), "-rwxr-xr-x", path)
         for path in ("/usr/share/pptp-fixup/pptp-fixup.rules", "/usr/share/pptp-fixup/pptp-fixup.nft",
                      "/" + CONFIG, "/" + UNIT,
                      "/usr/share/man/man8/pptp-fixupd.8.gz", "/usr/share/man/man8/pptp-fixupctl.8.gz",
                      "/usr/share/man/man8/pptp-fixup-rules.8.gz",
-                     "/usr/share/doc/pptp-fixup/copyright", "/usr/share/doc/pptp-fixup/changelog.gz"):
+                     "/usr/share/doc/pptp-fixup/copyright", "/usr/share/doc/pptp-fixup/changelog.gz",
+                     # The failover examples (README, "Failover between two gateways").
+                     "/usr/share/doc/pptp-fixup/examples/ha/keepalived.conf",
+                     "/usr/share/doc/pptp-fixup/examples/ha/conntrackd.conf",
+                     "/usr/share/doc/pptp-fixup/examples/ha/README"):
             self.assertEqual(modes.get(path), "-rw-r--r--", path)
 
         def field(name):
