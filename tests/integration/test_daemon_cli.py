@@ -18,7 +18,7 @@ sys.path.insert(0, TESTS)
 
 from lab.agent import RULES_FILE, RULES_TOOL, agent_hooks, bin_dir, exit_problem  # noqa: E402
 from lab.netns import Lab  # noqa: E402
-from lab.runner import run_tests  # noqa: E402
+from lab.runner import run_tests, wait_until  # noqa: E402
 
 DAEMON = os.path.join(bin_dir(), "pptp-fixupd")
 
@@ -138,6 +138,23 @@ class InstalledAnywhere(unittest.TestCase):
                 self.assertIn("--ctorigdstport 1724", saved)
         finally:
             shutil.rmtree(prefix, ignore_errors=True)
+
+
+class ManagedRulesWithHa(unittest.TestCase):
+
+    def test_ha_sync_installs_the_rules_with_label_space(self):
+        """--manage-rules with --ha-sync connlabel runs the installer with
+        --conntrack-labels (the connlabel match that gives entries label
+        space); without --ha-sync the rules have none."""
+        for ha, expected in ((["--ha-sync", "connlabel"], True), ([], False)):
+            with Lab(clients=1, mode="agent", **agent_hooks(extra_args=["--manage-rules"] + ha)) as lab:
+                # The control socket is there before the rules: the start
+                # line comes once they are installed.
+                self.assertTrue(wait_until(lambda: " started: " in lab.agent.output(), 10), lab.agent.output())
+                saved = lab.router_exec(["iptables-save", "-t", "raw"]).stdout
+                self.assertEqual("-m connlabel --label" in saved, expected, saved)
+                if expected:
+                    self.assertEqual(lab.agent.stats()["ha"]["mode"], "connlabel")
 
 
 class RuleInstaller(unittest.TestCase):

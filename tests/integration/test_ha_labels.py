@@ -144,15 +144,15 @@ class HaLabels(unittest.TestCase):
             # brings nothing back.
             r = calls[0].finish("clear")
             self.assertEqual(r.get("returncode"), 0, r)
-            wait_until(lambda: len(lab.agent.sessions()) == 1, 10, "client 1's call to end")
-            wait_until(lambda: label_calls(labels(lab)[netns.client_addr(1)][1]) == [], 10,
-                       "client 1's label to name no call")
+            self.assertTrue(wait_until(lambda: len(lab.agent.sessions()) == 1, 10), "client 1's call to end")
+            self.assertTrue(wait_until(lambda: label_calls(labels(lab)[netns.client_addr(1)][1]) == [], 10),
+                            "client 1's label to name no call")
             r = lab.agent.ctl_json("ha", "adopt")
             self.assertEqual((r["adopted"], r["already_known"]), (0, 1), r)
             self.assert_echo(calls[1], 3, "client 2 after client 1 ended")
             r = calls[1].finish("clear")
             self.assertEqual(r.get("returncode"), 0, r)
-            wait_until(lambda: not lab.agent.sessions(), 10, "the calls to end")
+            self.assertTrue(wait_until(lambda: not lab.agent.sessions(), 10), "the calls to end")
 
     def test_2_labels_not_ours_are_not_adopted(self):
         with Lab(clients=2, mode="agent", **agent_hooks(gre_offload="off", extra_args=HA,
@@ -216,7 +216,8 @@ class HaLabels(unittest.TestCase):
                                                         rules_args=LABELS)) as lab:
             lab.start_pptpd()
             calls = self.start_calls(lab, (1, 2))
-            wait_until(lambda: all(s["offloaded"] for s in lab.agent.sessions()), 10, "both calls offloaded")
+            self.assertTrue(wait_until(lambda: all(s["offloaded"] for s in lab.agent.sessions()), 10),
+                            "both calls offloaded")
             before = sorted(triple(s) for s in lab.agent.sessions())
             self.assertEqual(lab.agent.stop(), 0)
             lab.router_exec([os.path.join(bin_dir(), "pptp-fixupd"), "--remove-offload"])
