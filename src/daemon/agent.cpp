@@ -449,13 +449,6 @@ nlohmann::json Agent::adopt_from_conntrack() {
     }
     logging::write(report.dump_failed || report.conflicts > 0 ? logging::Level::Warning : logging::Level::Notice,
                    "302030", line);
-    events_.publish({{"event", "ha-adopt"},
-                     {"labelled_connections", report.entries},
-                     {"adopted", report.adopted},
-                     {"already_known", report.already_known},
-                     {"conflicts", report.conflicts},
-                     {"invalid_labels", report.invalid_labels},
-                     {"ended_elsewhere", report.ended_elsewhere}});
     nlohmann::json result = {{"labelled_connections", report.entries},  {"adopted", report.adopted},
                              {"already_known", report.already_known},   {"conflicts", report.conflicts},
                              {"invalid_labels", report.invalid_labels}, {"ended_elsewhere", report.ended_elsewhere},
@@ -464,6 +457,9 @@ nlohmann::json Agent::adopt_from_conntrack() {
     if (report.dump_failed) {
         result["dump_error"] = std::strerror(report.error);
     }
+    nlohmann::json event = result;
+    event["event"] = "ha-adopt";
+    events_.publish(std::move(event));
     return result;
 }
 

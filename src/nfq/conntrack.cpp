@@ -37,6 +37,23 @@ ConntrackTable::~ConntrackTable() {
 
 namespace {
 
+ConntrackTuples tuples_of(const nf_conntrack* ct) {
+    return {ntohl(nfct_get_attr_u32(ct, ATTR_ORIG_IPV4_SRC)), ntohl(nfct_get_attr_u32(ct, ATTR_ORIG_IPV4_DST)),
+            ntohl(nfct_get_attr_u32(ct, ATTR_REPL_IPV4_SRC)), ntohl(nfct_get_attr_u32(ct, ATTR_REPL_IPV4_DST))};
+}
+
+// The TCP tuple a lookup or an update names the entry by: its original
+// tuple, or with `by_reply` its reply tuple.
+void set_tcp_tuple(nf_conntrack* ct, bool by_reply, std::uint32_t source, std::uint16_t source_port,
+                   std::uint32_t destination, std::uint16_t destination_port) {
+    nfct_set_attr_u8(ct, by_reply ? ATTR_REPL_L3PROTO : ATTR_ORIG_L3PROTO, AF_INET);
+    nfct_set_attr_u8(ct, by_reply ? ATTR_REPL_L4PROTO : ATTR_ORIG_L4PROTO, IPPROTO_TCP);
+    nfct_set_attr_u32(ct, by_reply ? ATTR_REPL_IPV4_SRC : ATTR_ORIG_IPV4_SRC, htonl(source));
+    nfct_set_attr_u32(ct, by_reply ? ATTR_REPL_IPV4_DST : ATTR_ORIG_IPV4_DST, htonl(destination));
+    nfct_set_attr_u16(ct, by_reply ? ATTR_REPL_PORT_SRC : ATTR_ORIG_PORT_SRC, htons(source_port));
+    nfct_set_attr_u16(ct, by_reply ? ATTR_REPL_PORT_DST : ATTR_ORIG_PORT_DST, htons(destination_port));
+}
+
 struct Answer {
     ConntrackTuples* out = nullptr;
     bool found = false;
@@ -44,10 +61,7 @@ struct Answer {
 
 int on_entry(enum nf_conntrack_msg_type /*type*/, struct nf_conntrack* ct, void* data) {
     auto* answer = static_cast<Answer*>(data);
-    answer->out->original_source = ntohl(nfct_get_attr_u32(ct, ATTR_ORIG_IPV4_SRC));
-    answer->out->original_destination = ntohl(nfct_get_attr_u32(ct, ATTR_ORIG_IPV4_DST));
-    answer->out->reply_source = ntohl(nfct_get_attr_u32(ct, ATTR_REPL_IPV4_SRC));
-    answer->out->reply_destination = ntohl(nfct_get_attr_u32(ct, ATTR_REPL_IPV4_DST));
+    *answer->out = tuples_of(ct);
     answer->found = true;
     // Not STOP: the ACK that follows must be read now, or the next query
     // would take it for its own answer.
@@ -60,12 +74,7 @@ bool ConntrackTable::query(bool by_reply, std::uint32_t source, std::uint16_t so
                            std::uint16_t destination_port, ConntrackTuples& out) {
     nf_conntrack* ct = query_.get();
     nfct_copy(ct, blank_.get(), NFCT_CP_OVERRIDE);  // one object for every query: nothing allocated
-    nfct_set_attr_u8(ct, by_reply ? ATTR_REPL_L3PROTO : ATTR_ORIG_L3PROTO, AF_INET);
-    nfct_set_attr_u8(ct, by_reply ? ATTR_REPL_L4PROTO : ATTR_ORIG_L4PROTO, IPPROTO_TCP);
-    nfct_set_attr_u32(ct, by_reply ? ATTR_REPL_IPV4_SRC : ATTR_ORIG_IPV4_SRC, htonl(source));
-    nfct_set_attr_u32(ct, by_reply ? ATTR_REPL_IPV4_DST : ATTR_ORIG_IPV4_DST, htonl(destination));
-    nfct_set_attr_u16(ct, by_reply ? ATTR_REPL_PORT_SRC : ATTR_ORIG_PORT_SRC, htons(source_port));
-    nfct_set_attr_u16(ct, by_reply ? ATTR_REPL_PORT_DST : ATTR_ORIG_PORT_DST, htons(destination_port));
+    set_tcp_tuple(ct, by_reply, source, source_port, destination, destination_port);
     Answer answer{&out, false};
     nfct_callback_register(handle_, NFCT_T_ALL, on_entry, &answer);
     const int r = nfct_query(handle_, NFCT_Q_GET, ct);
@@ -119,10 +128,7 @@ void take_labelled(const nf_conntrack* ct, const std::function<void(const Labell
     if (!any) {
         return;
     }
-    entry.tuples.original_source = ntohl(nfct_get_attr_u32(ct, ATTR_ORIG_IPV4_SRC));
-    entry.tuples.original_destination = ntohl(nfct_get_attr_u32(ct, ATTR_ORIG_IPV4_DST));
-    entry.tuples.reply_source = ntohl(nfct_get_attr_u32(ct, ATTR_REPL_IPV4_SRC));
-    entry.tuples.reply_destination = ntohl(nfct_get_attr_u32(ct, ATTR_REPL_IPV4_DST));
+    entry.tuples = tuples_of(ct);
     entry.original_source_port = ntohs(nfct_get_attr_u16(ct, ATTR_ORIG_PORT_SRC));
     entry.original_destination_port = ntohs(nfct_get_attr_u16(ct, ATTR_ORIG_PORT_DST));
     entry.reply_source_port = ntohs(nfct_get_attr_u16(ct, ATTR_REPL_PORT_SRC));
@@ -216,12 +222,7 @@ bool ConntrackTable::set_tcp_label(std::uint32_t source, std::uint16_t source_po
                 nfct_bitmask_set_bit(bits, bit);
             }
         }
-        nfct_set_attr_u8(ct.get(), by_reply ? ATTR_REPL_L3PROTO : ATTR_ORIG_L3PROTO, AF_INET);
-        nfct_set_attr_u8(ct.get(), by_reply ? ATTR_REPL_L4PROTO : ATTR_ORIG_L4PROTO, IPPROTO_TCP);
-        nfct_set_attr_u32(ct.get(), by_reply ? ATTR_REPL_IPV4_SRC : ATTR_ORIG_IPV4_SRC, htonl(source));
-        nfct_set_attr_u32(ct.get(), by_reply ? ATTR_REPL_IPV4_DST : ATTR_ORIG_IPV4_DST, htonl(destination));
-        nfct_set_attr_u16(ct.get(), by_reply ? ATTR_REPL_PORT_SRC : ATTR_ORIG_PORT_SRC, htons(source_port));
-        nfct_set_attr_u16(ct.get(), by_reply ? ATTR_REPL_PORT_DST : ATTR_ORIG_PORT_DST, htons(destination_port));
+        set_tcp_tuple(ct.get(), by_reply, source, source_port, destination, destination_port);
         nfct_set_attr(ct.get(), ATTR_CONNLABELS, bits);  // ct owns it now
         nfct_callback_register(handle_, NFCT_T_ALL, swallow, nullptr);
         const int r = nfct_query(handle_, NFCT_Q_UPDATE, ct.get());
