@@ -89,6 +89,7 @@ TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TESTS)
 
 from lab import ha  # noqa: E402
+from lab.ha_label import one_call_label  # noqa: E402
 from lab.pcap import ipv4_packets  # noqa: E402
 from lab.pptp_client import RealClient  # noqa: E402
 from lab.runner import run_tests, wait_until  # noqa: E402
@@ -156,26 +157,11 @@ def captures(lab, roles, phase):
             for r in roles + ["server"]}
 
 
-def crc8(label):
-    """The agent's label checksum (CRC-8, polynomial 0x07, over every byte
-    but byte 3), as src/ha/connection_label.cpp."""
-    crc = 0
-    for i, byte in enumerate(label):
-        if i == 3:
-            continue
-        crc ^= byte
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
-    return crc
-
-
 def damaged_label():
     """The agent's format (magic 0xB7, version 1, one outgoing call) whose
     checksum does not match."""
-    b = bytearray(16)
-    b[0], b[1], b[2] = 0xB7, 0x10 | 0x02, 0x11
-    b[4:10] = bytes([0, 1, 0, 2, 0, 3])
-    b[3] = crc8(b) ^ 0x5A
+    b = bytearray(one_call_label(1, 2, 3))
+    b[3] ^= 0x5A
     return bytes(b)
 
 

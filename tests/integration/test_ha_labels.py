@@ -25,7 +25,6 @@ and synthetic clients holding calls open:
 
 import json
 import os
-import struct
 import sys
 import time
 import unittest
@@ -35,6 +34,7 @@ sys.path.insert(0, TESTS)
 
 from lab import netns  # noqa: E402
 from lab.agent import agent_hooks, bin_dir  # noqa: E402
+from lab.ha_label import label_calls, one_call_label  # noqa: E402
 from lab.netns import Lab  # noqa: E402
 from lab.runner import run_tests, wait_until  # noqa: E402
 from lab.synthetic_pns import HeldCall  # noqa: E402
@@ -53,32 +53,6 @@ def labels(lab):
     entries = [json.loads(line) for line in out.splitlines() if line.strip()]
     return {e["orig"]["src"]: (e["orig"], bytes.fromhex(e["labels"])) for e in entries
             if e.get("labels") and e["orig"].get("proto") == 6 and any(bytes.fromhex(e["labels"]))}
-
-
-def crc8(label):
-    crc = 0
-    for i, byte in enumerate(label):
-        if i == 3:
-            continue
-        crc ^= byte
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
-    return crc
-
-
-def label_calls(label):
-    """The (inside, public, outside) Call IDs a label of ours names."""
-    assert label[0] == 0xB7 and label[1] >> 4 == 1 and crc8(label) == label[3], label.hex()
-    return [struct.unpack("!HHH", label[4 + 6 * i:10 + 6 * i]) for i in range(label[2] & 3)]
-
-
-def forged_label(inside_id, public_id, outside_id):
-    """A well-formed label (one outgoing call, PNS inside) of someone else's."""
-    b = bytearray(16)
-    b[0], b[1], b[2] = 0xB7, 0x12, 0x11
-    b[4:10] = struct.pack("!HHH", inside_id, public_id, outside_id)
-    b[3] = crc8(b)
-    return bytes(b)
 
 
 def set_label(lab, original, label):
@@ -179,10 +153,10 @@ class HaLabels(unittest.TestCase):
             self.assertEqual(r["echoed_new"], 0, "client 1's call was not adopted, yet it echoes: %s" % r)
             self.assertEqual(r["gre_rx_foreign"], 0, r)
             self.assertGreater(lab.agent.stats()["dropped"]["gre_no_matching_call"], 0)
-            # A well-formed label forged on client 1's entry that names client
+            # A well-formed label (someone else's) forged on client 1's entry that names client
             # 2's public Call ID (at the same server): refused as a conflict,
             # client 2's call keeps its GRE.
-            set_label(lab, original, forged_label(0x4242, sessions[c2]["public_call_id"],
+            set_label(lab, original, one_call_label(0x4242, sessions[c2]["public_call_id"],
                                                   sessions[c2]["outside_call_id"] ^ 1))
             r = lab.agent.ctl_json("ha", "adopt")
             log("with a forged label:", r)

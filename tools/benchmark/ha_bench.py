@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "tests")
 
 from lab import pptp_proto  # noqa: E402
 from lab.ctnetlink import _attr  # noqa: E402
+from lab.ha_label import one_call_label  # noqa: E402
 
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_TIMEOUT = 1, 2, 3, 4, 7
 CTA_LABELS, CTA_LABELS_MASK = 22, 23
@@ -54,31 +55,6 @@ TCP_CONNTRACK_ESTABLISHED = 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 IPCTNL_MSG_CT_NEW = 0
 NFNL_SUBSYS_CTNETLINK = 1
-
-
-def crc8(label):
-    """CRC-8 (poly 0x07, init 0) of the label's bytes but byte 3, as
-    src/ha/connection_label.cpp."""
-    crc = 0
-    for i, byte in enumerate(label):
-        if i == 3:
-            continue
-        crc ^= byte
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
-    return crc
-
-
-def agent_label(inside_id, public_id, outside_id):
-    """The label the agent writes for a connection opened from the inside,
-    PNS inside, one outgoing established call."""
-    b = bytearray(16)
-    b[0] = 0xB7
-    b[1] = (1 << 4) | (1 << 1)      # version 1, not opened from outside, PNS side 0 (+1)
-    b[2] = 0x01 | 0x10              # one call, outgoing
-    b[4:10] = struct.pack("!HHH", inside_id, public_id, outside_id)
-    b[3] = crc8(b)
-    return bytes(b)
 
 
 def _tuple(kind, src, dst, sport, dport):
@@ -126,7 +102,7 @@ def fill(entries, labelled, public, server, timeout, batch, first_public_id):
     def message(k):
         if k < labelled:   # a PPTP control connection with its calls in the label
             return entry_message(k + 1, _address("10.128.0.0", k), 1024 + k % 60000, srv, 1723, pub, None,
-                                 timeout, agent_label(1 + k, first_public_id + k, 30001 + k))
+                                 timeout, one_call_label(1 + k, first_public_id + k, 30001 + k))
         # Reply tuples (peer -> public:port) must be distinct too: 50,000
         # ports per outside peer.
         j = k - labelled
